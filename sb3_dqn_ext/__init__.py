@@ -1,0 +1,16 @@
+"""Double DQN, Dueling DQN and prioritized experience replay for Stable-Baselines3."""
+
+from sb3_dqn_ext.double_dqn import DoubleDQN
+from sb3_dqn_ext.dueling_dqn import DuelingDQN
+from sb3_dqn_ext.policies import DuelingCnnPolicy, DuelingDQNPolicy, DuelingMlpPolicy, DuelingMultiInputPolicy
+from sb3_dqn_ext.version import __version__
+
+__all__ = [
+    "DoubleDQN",
+    "DuelingCnnPolicy",
+    "DuelingDQN",
+    "DuelingDQNPolicy",
+    "DuelingMlpPolicy",
+    "DuelingMultiInputPolicy",
+    "__version__",
+]

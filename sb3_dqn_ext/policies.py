@@ -1,0 +1,168 @@
+"""Dueling Q-networks (Wang et al. 2016) and the DQN policies that use them."""
+
+import math
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
+from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MultiInputPolicy, QNetwork
+from torch import nn
+
+
+class _ScaleGradient(th.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by ``scale`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: th.Tensor, scale: float) -> th.Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: th.Tensor) -> tuple[th.Tensor, None]:
+        return grad_output * ctx.scale, None
+
+
+class DuelingHead(nn.Module):
+    """
+    The two streams of the dueling architecture and their aggregation (Wang et al. 2016, Eq. 9).
+
+    ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``: the mean is taken over the actions of each state,
+    never over the batch.
+
+    :param features_dim: Number of features coming out of the shared features extractor
+    :param action_dim: Number of actions
+    :param net_arch: Hidden layers of each stream (the value and the advantage stream each get their own)
+    :param activation_fn: Activation function
+    :param trunk_gradient_scale: Factor applied to the gradient flowing back into the features extractor
+    """
+
+    def __init__(
+        self,
+        features_dim: int,
+        action_dim: int,
+        net_arch: list[int],
+        activation_fn: type[nn.Module],
+        trunk_gradient_scale: float,
+    ) -> None:
+        super().__init__()
+        self.trunk_gradient_scale = trunk_gradient_scale
+        self.value_stream = nn.Sequential(*create_mlp(features_dim, 1, net_arch, activation_fn))
+        self.advantage_stream = nn.Sequential(*create_mlp(features_dim, action_dim, net_arch, activation_fn))
+
+    def forward(self, features: th.Tensor) -> th.Tensor:
+        if self.trunk_gradient_scale != 1.0:
+            # Section 4.2: "we rescale the combined gradient entering the last convolutional layer by 1/sqrt(2)"
+            features = _ScaleGradient.apply(features, self.trunk_gradient_scale)  # type: ignore[no-untyped-call]
+        values = self.value_stream(features)  # (batch_size, 1)
+        advantages = self.advantage_stream(features)  # (batch_size, n_actions)
+        # Eq. 9: subtract the mean advantage of each state (mean over actions, dim=1)
+        return values + advantages - advantages.mean(dim=1, keepdim=True)  # (batch_size, n_actions)
+
+
+class DuelingQNetwork(QNetwork):
+    """
+    Dueling Q-value network: SB3's :class:`~stable_baselines3.dqn.policies.QNetwork` whose head is a
+    :class:`DuelingHead` (a value and an advantage stream on the shared features extractor).
+
+    Paper: https://arxiv.org/abs/1511.06581
+
+    ``forward``, ``_predict`` and the saved constructor parameters are those of ``QNetwork``: only the
+    module behind ``self.q_net`` changes, so ``predict``, save and load behave as in SB3.
+
+    Differs from the paper: with SB3's ``NatureCNN`` the 512-unit fully connected layer belongs to the
+    features extractor and is therefore shared by both streams (the paper splits after the last convolution
+    and gives each stream its own 512-unit layer); pass ``net_arch=[512]`` to add such a layer to each stream.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param features_extractor: The shared features extractor
+    :param features_dim: Number of features
+    :param net_arch: Hidden layers of each stream; ``None`` means ``[64, 64]`` as in ``QNetwork``
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
+    :param trunk_gradient_scale: Factor applied to the gradient entering the features extractor;
+        the paper's ``1 / sqrt(2)`` by default (both streams backpropagate into it)
+    """
+
+    q_net: DuelingHead  # type: ignore[assignment]  # QNetwork declares nn.Sequential; the head is a drop-in module
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        trunk_gradient_scale: float = 1 / math.sqrt(2),
+    ) -> None:
+        if not (math.isfinite(trunk_gradient_scale) and trunk_gradient_scale > 0):
+            raise ValueError(f"trunk_gradient_scale must be a finite number > 0, got {trunk_gradient_scale}")
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            features_dim=features_dim,
+            net_arch=net_arch,
+            activation_fn=activation_fn,
+            normalize_images=normalize_images,
+        )
+        self.trunk_gradient_scale = trunk_gradient_scale
+        # Replace the single-stream head built by QNetwork (same attribute, so forward() is inherited)
+        self.q_net = DuelingHead(
+            self.features_dim,
+            int(self.action_space.n),
+            self.net_arch,
+            self.activation_fn,
+            trunk_gradient_scale,
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(dict(trunk_gradient_scale=self.trunk_gradient_scale))
+        return data
+
+
+class DuelingDQNPolicy(DQNPolicy):
+    """
+    Policy class with a dueling Q-value net and its target net.
+
+    Takes the arguments of :class:`stable_baselines3.dqn.policies.DQNPolicy`; ``net_arch`` gives the hidden
+    layers of each stream. ``policy_kwargs=dict(trunk_gradient_scale=1.0)`` turns off the paper's gradient
+    rescaling (see :class:`DuelingQNetwork`).
+    """
+
+    q_net: DuelingQNetwork
+    q_net_target: DuelingQNetwork
+
+    def __init__(self, *args: Any, trunk_gradient_scale: float = 1 / math.sqrt(2), **kwargs: Any) -> None:
+        # Read by make_q_net(), which DQNPolicy.__init__ calls through _build()
+        self._trunk_gradient_scale = trunk_gradient_scale
+        super().__init__(*args, **kwargs)
+
+    def make_q_net(self) -> DuelingQNetwork:  # type: ignore[override]
+        # Make sure we always have separate networks for features extractors etc
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return DuelingQNetwork(**net_args, trunk_gradient_scale=self._trunk_gradient_scale).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(dict(trunk_gradient_scale=self._trunk_gradient_scale))
+        return data
+
+
+DuelingMlpPolicy = DuelingDQNPolicy
+
+
+class DuelingCnnPolicy(DuelingDQNPolicy, CnnPolicy):
+    """
+    Dueling policy for image observations: ``NatureCNN`` features extractor by default, as SB3's ``CnnPolicy``.
+    """
+
+
+class DuelingMultiInputPolicy(DuelingDQNPolicy, MultiInputPolicy):
+    """
+    Dueling policy for ``Dict`` observations: ``CombinedExtractor`` by default, as SB3's ``MultiInputPolicy``.
+    """

@@ -1,0 +1,157 @@
+"""The dueling network: aggregation, stream layout, gradient rescaling and policy names."""
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MultiInputPolicy
+from torch import nn
+
+from sb3_dqn_ext import DoubleDQN, DuelingDQN
+from sb3_dqn_ext.dqn import BaseDQN
+from sb3_dqn_ext.policies import DuelingCnnPolicy, DuelingDQNPolicy, DuelingHead, DuelingMultiInputPolicy, DuelingQNetwork
+
+
+def _hand_head() -> Any:
+    """
+    Linear streams on 2 features, 3 actions, set by hand:
+
+    ``V(f) = f0 + 2 f1``; ``A(f) = (f0, 2 f0, 3 f0 + 4 f1)``
+    """
+    head: Any = DuelingHead(features_dim=2, action_dim=3, net_arch=[], activation_fn=nn.ReLU, trunk_gradient_scale=1.0)
+    with th.no_grad():
+        head.value_stream[0].weight.copy_(th.tensor([[1.0, 2.0]]))
+        head.advantage_stream[0].weight.copy_(th.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0]]))
+        head.value_stream[0].bias.zero_()
+        head.advantage_stream[0].bias.zero_()
+    return head
+
+
+def test_dueling_aggregation_subtracts_the_mean_advantage_of_each_state() -> None:
+    head = _hand_head()
+    features = th.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # state 1: V = 1, A = (1, 2, 3), mean 2   -> Q = 1 + A - 2   = (0, 1, 2)
+    # state 2: V = 2, A = (0, 0, 4), mean 4/3 -> Q = 2 + A - 4/3 = (2/3, 2/3, 14/3)
+    expected = np.array([[0.0, 1.0, 2.0], [2 / 3, 2 / 3, 14 / 3]])
+    np.testing.assert_allclose(head(features).detach().numpy(), expected, rtol=1e-6)
+    # The batch-mean aggregation (the bug of sb3-contrib #127) would subtract mean(A over batch) = 10/6 instead
+    wrong = np.array([[1.0], [2.0]]) + np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]]) - 10 / 6
+    assert not np.allclose(head(features).detach().numpy(), wrong)
+
+
+def test_dueling_q_values_of_a_state_do_not_depend_on_other_states_in_the_batch() -> None:
+    head = DuelingHead(features_dim=4, action_dim=5, net_arch=[8], activation_fn=nn.ReLU, trunk_gradient_scale=1.0)
+    features = th.randn(6, 4)
+    together = head(features)
+    alone = th.cat([head(features[i : i + 1]) for i in range(6)])
+    th.testing.assert_close(together, alone)
+    # Identifiability (Eq. 9): the mean over actions of Q is V
+    th.testing.assert_close(together.mean(dim=1, keepdim=True), head.value_stream(features))
+
+
+@pytest.mark.parametrize(
+    "net_arch, expected_value_layers",
+    [
+        ([], [(4, 1)]),
+        ([32], [(4, 32), (32, 1)]),
+        ([32, 16], [(4, 32), (32, 16), (16, 1)]),
+        (None, [(4, 64), (64, 64), (64, 1)]),  # QNetwork's default net_arch
+    ],
+)
+def test_each_stream_is_built_from_net_arch(net_arch: list[int] | None, expected_value_layers: list[tuple[int, int]]) -> None:
+    model = DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=net_arch))
+    head: Any = model.q_net.q_net
+    assert isinstance(head, DuelingHead)
+
+    def shapes(stream: Any) -> list[tuple[int, int]]:
+        return [(layer.in_features, layer.out_features) for layer in stream if isinstance(layer, nn.Linear)]
+
+    assert shapes(head.value_stream) == expected_value_layers
+    expected_advantage_layers = [*expected_value_layers[:-1], (expected_value_layers[-1][0], 2)]  # CartPole: 2 actions
+    assert shapes(head.advantage_stream) == expected_advantage_layers
+    # The target network has the same layout, and separate parameters
+    target_head: Any = model.q_net_target.q_net
+    assert shapes(target_head.value_stream) == expected_value_layers
+    assert all(a is not b for a, b in zip(model.q_net.parameters(), model.q_net_target.parameters(), strict=True))
+
+
+def test_dueling_cnn_streams_sit_on_nature_cnn_features() -> None:
+    env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
+    model = DuelingDQN("CnnPolicy", env, buffer_size=10)
+    assert isinstance(model.q_net.features_extractor, NatureCNN)
+    head: Any = model.q_net.q_net
+    # SB3 gives NatureCNN an empty net_arch: each stream is one linear layer on the 512 features
+    assert [type(layer) for layer in head.value_stream] == [nn.Linear]
+    assert head.value_stream[0].in_features == 512
+    assert head.advantage_stream[0].out_features == 6  # FakeImageEnv(discrete=True) has 6 actions
+
+
+def test_trunk_gradient_is_scaled_by_one_over_sqrt_two() -> None:
+    # Section 4.2 of the dueling paper: the gradient entering the shared trunk is rescaled by 1/sqrt(2);
+    # the forward pass and the gradients of the streams themselves are unchanged.
+    observations = th.randn(5, 3)
+    results = {}
+    for scale in (1.0, 1 / math.sqrt(2)):
+        th.manual_seed(0)  # same weights for both scales
+        trunk = nn.Linear(3, 6)
+        head = DuelingHead(6, 4, [4], nn.ReLU, trunk_gradient_scale=scale)
+        q_values = head(trunk(observations))
+        q_values.sum().backward()
+        stream: Any = head.value_stream[0]
+        assert trunk.weight.grad is not None
+        results[scale] = (q_values.detach(), trunk.weight.grad, stream.weight.grad)
+    (q_plain, trunk_plain, stream_plain), (q_scaled, trunk_scaled, stream_scaled) = results.values()
+    th.testing.assert_close(q_scaled, q_plain, rtol=0, atol=0)
+    th.testing.assert_close(stream_scaled, stream_plain, rtol=0, atol=0)
+    th.testing.assert_close(trunk_scaled, trunk_plain / math.sqrt(2))
+
+
+def test_trunk_gradient_scale_defaults_to_the_paper_and_survives_save_load(tmp_path: str) -> None:
+    model = DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]))
+    assert model.q_net.q_net.trunk_gradient_scale == pytest.approx(1 / math.sqrt(2))
+    model = DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8], trunk_gradient_scale=1.0))
+    model.save(f"{tmp_path}/model")
+    loaded = DuelingDQN.load(f"{tmp_path}/model")
+    assert loaded.q_net.q_net.trunk_gradient_scale == 1.0
+    assert loaded.q_net_target.q_net.trunk_gradient_scale == 1.0
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_invalid_trunk_gradient_scale_is_rejected(scale: float) -> None:
+    with pytest.raises(ValueError, match=f"trunk_gradient_scale .* got {scale}"):
+        DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(trunk_gradient_scale=scale))
+
+
+@pytest.mark.parametrize(
+    "algo_class, policy_name, expected_policy, expected_extractor",
+    [
+        (DoubleDQN, "MlpPolicy", DQNPolicy, FlattenExtractor),
+        (DoubleDQN, "CnnPolicy", CnnPolicy, NatureCNN),
+        (DoubleDQN, "MultiInputPolicy", MultiInputPolicy, CombinedExtractor),
+        (DoubleDQN, "DuelingMlpPolicy", DuelingDQNPolicy, FlattenExtractor),
+        (DoubleDQN, "DuelingCnnPolicy", DuelingCnnPolicy, NatureCNN),
+        (DoubleDQN, "DuelingMultiInputPolicy", DuelingMultiInputPolicy, CombinedExtractor),
+        (DuelingDQN, "MlpPolicy", DuelingDQNPolicy, FlattenExtractor),
+        (DuelingDQN, "CnnPolicy", DuelingCnnPolicy, NatureCNN),
+        (DuelingDQN, "MultiInputPolicy", DuelingMultiInputPolicy, CombinedExtractor),
+        (DuelingDQN, "DuelingCnnPolicy", DuelingCnnPolicy, NatureCNN),
+    ],
+)
+def test_policy_names_resolve(
+    algo_class: type[BaseDQN], policy_name: str, expected_policy: type, expected_extractor: type
+) -> None:
+    env: Any
+    if "Cnn" in policy_name:
+        env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
+    elif "MultiInput" in policy_name:
+        env = SimpleMultiObsEnv(random_start=False)
+    else:
+        env = "CartPole-v1"
+    model = algo_class(policy_name, env, buffer_size=10)
+    assert type(model.policy) is expected_policy
+    assert isinstance(model.q_net.features_extractor, expected_extractor)
+    assert isinstance(model.q_net, DuelingQNetwork) == issubclass(expected_policy, DuelingDQNPolicy)
