@@ -69,8 +69,6 @@ class DoubleDQN(BaseDQN):
         double_q: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
-        if not isinstance(double_q, bool):
-            raise TypeError(f"double_q must be a bool, got {double_q!r}")
         self.double_q = double_q
         super().__init__(
             policy=policy,
@@ -100,6 +98,12 @@ class DoubleDQN(BaseDQN):
             device=device,
             _init_setup_model=_init_setup_model,
         )
+
+    def _setup_model(self) -> None:
+        # Checked here rather than in __init__ so that load(..., double_q=...) is checked too
+        if not isinstance(self.double_q, bool):
+            raise TypeError(f"double_q must be a bool, got {self.double_q!r}")
+        super()._setup_model()
 
     def _next_q_values(self, next_observations: th.Tensor) -> th.Tensor:
         """
