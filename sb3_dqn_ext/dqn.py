@@ -4,9 +4,17 @@ from typing import TypeVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.type_aliases import MaybeCallback, ReplayBufferSamples
 from torch.nn import functional as F
+
+from sb3_dqn_ext.buffers import (
+    DictPrioritizedReplayBuffer,
+    DictPrioritizedReplayBufferSamples,
+    PrioritizedReplayBuffer,
+    PrioritizedReplayBufferSamples,
+)
 
 SelfBaseDQN = TypeVar("SelfBaseDQN", bound="BaseDQN")
 
@@ -24,8 +32,13 @@ class BaseDQN(DQN):
 
     - :meth:`_next_q_values`: the value of the next state (max over the target network here,
       the Double-DQN evaluation in :class:`~sb3_dqn_ext.DoubleDQN`);
-    - :meth:`_compute_loss`: the Huber loss (weighted and followed by a priority update when the replay
-      buffer is prioritized).
+    - :meth:`_compute_loss`: the Huber loss; with a prioritized replay buffer, the element-wise Huber loss
+      weighted by the importance-sampling weights, followed by the priority update (Algorithm 1 of
+      https://arxiv.org/abs/1511.05952).
+
+    Any class of this package accepts ``replay_buffer_class=PrioritizedReplayBuffer`` (or
+    ``DictPrioritizedReplayBuffer``); its ``n_steps`` and ``gamma`` are then forwarded to the buffer (SB3 ignores
+    ``n_steps`` for a custom buffer class), and ``replay_buffer_kwargs`` set ``alpha``, ``beta`` and ``eps``.
 
     Differs from SB3: ``train()`` keeps the losses on the device and reads them back once per call to
     ``train()`` instead of once per gradient step (``loss.item()``), so the loop does not wait for the
@@ -37,7 +50,40 @@ class BaseDQN(DQN):
     def _setup_model(self) -> None:
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1] (1 for hard target updates), got {self.tau}")
-        super()._setup_model()
+        if self.replay_buffer_class is not None and issubclass(
+            self.replay_buffer_class, (PrioritizedReplayBuffer, DictPrioritizedReplayBuffer)
+        ):
+            self._configure_prioritized_buffer()
+            # n_steps now reaches the buffer: keep SB3 from warning that it is ignored for a custom buffer class
+            n_steps, self.n_steps = self.n_steps, 1
+            try:
+                super()._setup_model()
+            finally:
+                self.n_steps = n_steps
+        else:
+            super()._setup_model()
+
+    def _configure_prioritized_buffer(self) -> None:
+        """Forward ``n_steps`` and ``gamma`` to a prioritized buffer, refusing contradictory settings."""
+        assert self.replay_buffer_class is not None
+        is_dict = isinstance(self.observation_space, spaces.Dict)
+        if is_dict and self.replay_buffer_class is PrioritizedReplayBuffer:
+            raise ValueError("Dict observation spaces need replay_buffer_class=DictPrioritizedReplayBuffer")
+        if issubclass(self.replay_buffer_class, DictPrioritizedReplayBuffer):
+            if self.n_steps > 1:
+                raise ValueError(
+                    f"n_steps={self.n_steps}: n-step returns are not supported for Dict observations "
+                    "(as in SB3's DictReplayBuffer)"
+                )
+            return
+        # A value given in replay_buffer_kwargs must agree with the model's, except n_steps when the model keeps
+        # its default of 1: SB3's documented way to configure a custom buffer is replay_buffer_kwargs alone
+        for key, value in (("n_steps", self.n_steps), ("gamma", self.gamma)):
+            given = self.replay_buffer_kwargs.setdefault(key, value)
+            if given != value and not (key == "n_steps" and self.n_steps == 1):
+                raise ValueError(
+                    f"replay_buffer_kwargs[{key!r}]={given} contradicts the model's {key}={value}: set it in one place"
+                )
 
     def _next_q_values(self, next_observations: th.Tensor) -> th.Tensor:
         """
@@ -68,14 +114,28 @@ class BaseDQN(DQN):
         :param replay_data: The sampled batch
         :return: The scalar loss to minimise
         """
-        # Compute Huber loss (less sensitive to outliers)
-        return F.smooth_l1_loss(current_q_values, target_q_values)
+        if not isinstance(replay_data, PrioritizedReplayBufferSamples | DictPrioritizedReplayBufferSamples):
+            # Compute Huber loss (less sensitive to outliers)
+            return F.smooth_l1_loss(current_q_values, target_q_values)
+
+        # Prioritized replay (Algorithm 1, lines 11-12): the TD errors refresh the priorities, unclipped and
+        # without gradient, and the importance-sampling weights scale each sample's Huber loss
+        td_errors = (target_q_values - current_q_values).detach().cpu().numpy()  # (batch_size, 1)
+        self.replay_buffer.update_priorities(replay_data.indices, td_errors)  # type: ignore[union-attr]
+        self.logger.record_mean("train/td_error_mean", float(np.abs(td_errors).mean()))
+        self.logger.record_mean("train/is_weight_mean", replay_data.weights.mean().item())
+        elementwise_loss = F.smooth_l1_loss(current_q_values, target_q_values, reduction="none")  # (batch_size, 1)
+        return (replay_data.weights * elementwise_loss).mean()
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
+        prioritized = isinstance(self.replay_buffer, PrioritizedReplayBuffer | DictPrioritizedReplayBuffer)
+        if prioritized:
+            # beta follows the training progress, like the learning rate and the exploration rate
+            self.replay_buffer.progress_remaining = self._current_progress_remaining  # type: ignore[union-attr]
 
         losses = []
         for _ in range(gradient_steps):
@@ -114,6 +174,9 @@ class BaseDQN(DQN):
             self.logger.record("train/loss", th.stack(losses).mean().item())
         else:  # same as SB3 (np.mean of an empty list) without the RuntimeWarning
             self.logger.record("train/loss", np.nan)
+        if prioritized:
+            self.logger.record("train/beta", self.replay_buffer.beta)  # type: ignore[union-attr]
+            self.logger.record("train/priority_max", self.replay_buffer.max_priority)  # type: ignore[union-attr]
 
     def learn(
         self: SelfBaseDQN,

@@ -19,11 +19,11 @@ import pytest
 import torch as th
 from stable_baselines3.common.policies import BasePolicy
 
-from sb3_dqn_ext import DoubleDQN, DuelingDQN
+from sb3_dqn_ext import DoubleDQN, DuelingDQN, PrioritizedDQN
 from sb3_dqn_ext.dqn import BaseDQN
 from sb3_dqn_ext.policies import DuelingDQNPolicy
 
-MODEL_LIST: list[type[BaseDQN]] = [DoubleDQN, DuelingDQN]
+MODEL_LIST: list[type[BaseDQN]] = [DoubleDQN, DuelingDQN, PrioritizedDQN]
 
 # Test argument -> SB3 policy name it stands for
 _POLICY_ARGUMENTS = {
