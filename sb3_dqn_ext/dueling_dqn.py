@@ -18,11 +18,13 @@ class DuelingDQN(DoubleDQN):
 
     ``"MlpPolicy"``, ``"CnnPolicy"`` and ``"MultiInputPolicy"`` resolve to the dueling policies
     (:class:`~sb3_dqn_ext.policies.DuelingDQNPolicy`, ...), so zoo files and SB3 code written for DQN
-    get the dueling network without changes. ``net_arch`` gives the hidden layers of each stream.
+    get the dueling network without changes. ``net_arch`` gives the hidden layers shared by both streams (the layers
+    the single-stream network would have, so the dueling network costs about the same); each stream is one linear
+    layer unless ``policy_kwargs=dict(stream_net_arch=[...])`` gives it hidden layers.
 
     Differs from the paper: the defaults are SB3's DQN defaults (Adam, ``learning_rate=1e-4``); the paper's
     gradient clipping to norm 10 is SB3's default ``max_grad_norm=10``; the 512-unit layer of ``NatureCNN`` is
-    shared by the streams (see :class:`~sb3_dqn_ext.policies.DuelingQNetwork`).
+    shared by the streams, as are the hidden layers of ``net_arch`` (see :class:`~sb3_dqn_ext.policies.DuelingQNetwork`).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {

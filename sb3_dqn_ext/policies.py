@@ -25,16 +25,19 @@ class _ScaleGradient(th.autograd.Function):
 
 class DuelingHead(nn.Module):
     """
-    The two streams of the dueling architecture and their aggregation (Wang et al. 2016, Eq. 9).
+    The shared hidden layers, the two streams of the dueling architecture and their aggregation
+    (Wang et al. 2016, Figure 1 and Eq. 9).
 
-    ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``: the mean is taken over the actions of each state,
-    never over the batch.
+    ``features -> shared hidden layers (net_arch) -> {value stream -> V, advantage stream -> A}`` and
+    ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``: the mean is taken over the actions of each state, never over
+    the batch.
 
-    :param features_dim: Number of features coming out of the shared features extractor
+    :param features_dim: Number of features coming out of the features extractor
     :param action_dim: Number of actions
-    :param net_arch: Hidden layers of each stream (the value and the advantage stream each get their own)
+    :param net_arch: Hidden layers shared by both streams (the layers a single-stream ``QNetwork`` would have)
     :param activation_fn: Activation function
-    :param trunk_gradient_scale: Factor applied to the gradient flowing back into the features extractor
+    :param trunk_gradient_scale: Factor applied to the gradient flowing from the streams into the shared layers
+    :param stream_net_arch: Hidden layers of each stream; ``[]`` (default): each stream is one linear layer
     """
 
     def __init__(
@@ -44,18 +47,25 @@ class DuelingHead(nn.Module):
         net_arch: list[int],
         activation_fn: type[nn.Module],
         trunk_gradient_scale: float,
+        stream_net_arch: list[int] | None = None,
     ) -> None:
         super().__init__()
+        stream_net_arch = [] if stream_net_arch is None else stream_net_arch
         self.trunk_gradient_scale = trunk_gradient_scale
-        self.value_stream = nn.Sequential(*create_mlp(features_dim, 1, net_arch, activation_fn))
-        self.advantage_stream = nn.Sequential(*create_mlp(features_dim, action_dim, net_arch, activation_fn))
+        # output_dim=-1: hidden layers only, no output layer
+        self.shared_net = nn.Sequential(*create_mlp(features_dim, -1, net_arch, activation_fn))
+        latent_dim = net_arch[-1] if len(net_arch) > 0 else features_dim
+        self.value_stream = nn.Sequential(*create_mlp(latent_dim, 1, stream_net_arch, activation_fn))
+        self.advantage_stream = nn.Sequential(*create_mlp(latent_dim, action_dim, stream_net_arch, activation_fn))
 
     def forward(self, features: th.Tensor) -> th.Tensor:
+        latent = self.shared_net(features)
         if self.trunk_gradient_scale != 1.0:
-            # Section 4.2: "we rescale the combined gradient entering the last convolutional layer by 1/sqrt(2)"
-            features = _ScaleGradient.apply(features, self.trunk_gradient_scale)  # type: ignore[no-untyped-call]
-        values = self.value_stream(features)  # (batch_size, 1)
-        advantages = self.advantage_stream(features)  # (batch_size, n_actions)
+            # Section 4.2: "we rescale the combined gradient entering the last convolutional layer by 1/sqrt(2)",
+            # i.e. the gradient the two streams send into the shared part
+            latent = _ScaleGradient.apply(latent, self.trunk_gradient_scale)  # type: ignore[no-untyped-call]
+        values = self.value_stream(latent)  # (batch_size, 1)
+        advantages = self.advantage_stream(latent)  # (batch_size, n_actions)
         # Eq. 9: subtract the mean advantage of each state (mean over actions, dim=1)
         return values + advantages - advantages.mean(dim=1, keepdim=True)  # (batch_size, n_actions)
 
@@ -63,26 +73,30 @@ class DuelingHead(nn.Module):
 class DuelingQNetwork(QNetwork):
     """
     Dueling Q-value network: SB3's :class:`~stable_baselines3.dqn.policies.QNetwork` whose head is a
-    :class:`DuelingHead` (a value and an advantage stream on the shared features extractor).
+    :class:`DuelingHead`: the hidden layers of ``net_arch`` are shared, then a value and an advantage stream.
 
     Paper: https://arxiv.org/abs/1511.06581
 
-    ``forward``, ``_predict`` and the saved constructor parameters are those of ``QNetwork``: only the
+    With the same ``net_arch``, the dueling network has the hidden layers of the single-stream network and differs
+    only in its output layers (``1 + n_actions`` outputs instead of ``n_actions``), so it costs about the same to
+    train. ``forward``, ``_predict`` and the saved constructor parameters are those of ``QNetwork``: only the
     module behind ``self.q_net`` changes, so ``predict``, save and load behave as in SB3.
 
-    Differs from the paper: with SB3's ``NatureCNN`` the 512-unit fully connected layer belongs to the
-    features extractor and is therefore shared by both streams (the paper splits after the last convolution
-    and gives each stream its own 512-unit layer); pass ``net_arch=[512]`` to add such a layer to each stream.
+    Differs from the paper: the paper's Atari network splits right after the convolutions and gives each stream a
+    512-unit layer; with SB3's ``NatureCNN`` the 512-unit layer belongs to the features extractor and is shared, and
+    each stream is one linear layer unless ``stream_net_arch`` gives it hidden layers (``stream_net_arch=[512]`` adds
+    a 512-unit layer to each stream, on top of the shared one).
 
     :param observation_space: Observation space
     :param action_space: Action space
-    :param features_extractor: The shared features extractor
+    :param features_extractor: The features extractor
     :param features_dim: Number of features
-    :param net_arch: Hidden layers of each stream; ``None`` means ``[64, 64]`` as in ``QNetwork``
+    :param net_arch: Shared hidden layers; ``None`` means ``[64, 64]`` as in ``QNetwork``
     :param activation_fn: Activation function
     :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
-    :param trunk_gradient_scale: Factor applied to the gradient entering the features extractor;
-        the paper's ``1 / sqrt(2)`` by default (both streams backpropagate into it)
+    :param trunk_gradient_scale: Factor applied to the gradient entering the shared layers;
+        the paper's ``1 / sqrt(2)`` by default (both streams backpropagate into them)
+    :param stream_net_arch: Hidden layers of each stream (``[]``: one linear layer each)
     """
 
     q_net: DuelingHead  # type: ignore[assignment]  # QNetwork declares nn.Sequential; the head is a drop-in module
@@ -97,6 +111,7 @@ class DuelingQNetwork(QNetwork):
         activation_fn: type[nn.Module] = nn.ReLU,
         normalize_images: bool = True,
         trunk_gradient_scale: float = 1 / math.sqrt(2),
+        stream_net_arch: list[int] | None = None,
     ) -> None:
         if not (math.isfinite(trunk_gradient_scale) and trunk_gradient_scale > 0):
             raise ValueError(f"trunk_gradient_scale must be a finite number > 0, got {trunk_gradient_scale}")
@@ -110,6 +125,7 @@ class DuelingQNetwork(QNetwork):
             normalize_images=normalize_images,
         )
         self.trunk_gradient_scale = trunk_gradient_scale
+        self.stream_net_arch = [] if stream_net_arch is None else list(stream_net_arch)
         # Replace the single-stream head built by QNetwork (same attribute, so forward() is inherited)
         self.q_net = DuelingHead(
             self.features_dim,
@@ -117,11 +133,12 @@ class DuelingQNetwork(QNetwork):
             self.net_arch,
             self.activation_fn,
             trunk_gradient_scale,
+            self.stream_net_arch,
         )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(dict(trunk_gradient_scale=self.trunk_gradient_scale))
+        data.update(dict(trunk_gradient_scale=self.trunk_gradient_scale, stream_net_arch=self.stream_net_arch))
         return data
 
 
@@ -129,27 +146,36 @@ class DuelingDQNPolicy(DQNPolicy):
     """
     Policy class with a dueling Q-value net and its target net.
 
-    Takes the arguments of :class:`stable_baselines3.dqn.policies.DQNPolicy`; ``net_arch`` gives the hidden
-    layers of each stream. ``policy_kwargs=dict(trunk_gradient_scale=1.0)`` turns off the paper's gradient
-    rescaling (see :class:`DuelingQNetwork`).
+    Takes the arguments of :class:`stable_baselines3.dqn.policies.DQNPolicy` (``net_arch``: the shared hidden
+    layers), plus, through ``policy_kwargs``:
+
+    :param trunk_gradient_scale: Factor on the gradient entering the shared layers (paper: ``1 / sqrt(2)``;
+        ``1.0`` turns the rescaling off), see :class:`DuelingQNetwork`
+    :param stream_net_arch: Hidden layers of each stream (default ``[]``: linear streams)
     """
 
     q_net: DuelingQNetwork
     q_net_target: DuelingQNetwork
 
-    def __init__(self, *args: Any, trunk_gradient_scale: float = 1 / math.sqrt(2), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        trunk_gradient_scale: float = 1 / math.sqrt(2),
+        stream_net_arch: list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # Read by make_q_net(), which DQNPolicy.__init__ calls through _build()
-        self._trunk_gradient_scale = trunk_gradient_scale
+        self.dueling_args = dict(trunk_gradient_scale=trunk_gradient_scale, stream_net_arch=stream_net_arch)
         super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> DuelingQNetwork:  # type: ignore[override]
         # Make sure we always have separate networks for features extractors etc
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
-        return DuelingQNetwork(**net_args, trunk_gradient_scale=self._trunk_gradient_scale).to(self.device)
+        return DuelingQNetwork(**net_args, **self.dueling_args).to(self.device)  # type: ignore[arg-type]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(dict(trunk_gradient_scale=self._trunk_gradient_scale))
+        data.update(self.dueling_args)
         return data
 
 

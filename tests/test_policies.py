@@ -50,33 +50,53 @@ def test_dueling_q_values_of_a_state_do_not_depend_on_other_states_in_the_batch(
     alone = th.cat([head(features[i : i + 1]) for i in range(6)])
     th.testing.assert_close(together, alone)
     # Identifiability (Eq. 9): the mean over actions of Q is V
-    th.testing.assert_close(together.mean(dim=1, keepdim=True), head.value_stream(features))
+    th.testing.assert_close(together.mean(dim=1, keepdim=True), head.value_stream(head.shared_net(features)))
+
+
+def _linear_shapes(stream: Any) -> list[tuple[int, int]]:
+    return [(layer.in_features, layer.out_features) for layer in stream if isinstance(layer, nn.Linear)]
 
 
 @pytest.mark.parametrize(
-    "net_arch, expected_value_layers",
+    "net_arch, expected_shared_layers",
     [
-        ([], [(4, 1)]),
-        ([32], [(4, 32), (32, 1)]),
-        ([32, 16], [(4, 32), (32, 16), (16, 1)]),
-        (None, [(4, 64), (64, 64), (64, 1)]),  # QNetwork's default net_arch
+        ([], []),
+        ([32], [(4, 32)]),
+        ([32, 16], [(4, 32), (32, 16)]),
+        (None, [(4, 64), (64, 64)]),  # QNetwork's default net_arch
     ],
 )
-def test_each_stream_is_built_from_net_arch(net_arch: list[int] | None, expected_value_layers: list[tuple[int, int]]) -> None:
+def test_net_arch_layers_are_shared_and_streams_are_linear_by_default(
+    net_arch: list[int] | None, expected_shared_layers: list[tuple[int, int]]
+) -> None:
     model = DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=net_arch))
     head: Any = model.q_net.q_net
     assert isinstance(head, DuelingHead)
-
-    def shapes(stream: Any) -> list[tuple[int, int]]:
-        return [(layer.in_features, layer.out_features) for layer in stream if isinstance(layer, nn.Linear)]
-
-    assert shapes(head.value_stream) == expected_value_layers
-    expected_advantage_layers = [*expected_value_layers[:-1], (expected_value_layers[-1][0], 2)]  # CartPole: 2 actions
-    assert shapes(head.advantage_stream) == expected_advantage_layers
+    assert _linear_shapes(head.shared_net) == expected_shared_layers
+    latent_dim = expected_shared_layers[-1][1] if expected_shared_layers else 4  # CartPole: 4 features
+    assert _linear_shapes(head.value_stream) == [(latent_dim, 1)]
+    assert _linear_shapes(head.advantage_stream) == [(latent_dim, 2)]  # CartPole: 2 actions
+    # Same hidden layers as the single-stream network: one extra output unit (V) is all the dueling head adds
+    single = DoubleDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=net_arch))
+    n_dueling = sum(p.numel() for p in model.q_net.parameters())
+    n_single = sum(p.numel() for p in single.q_net.parameters())
+    assert n_dueling - n_single == latent_dim + 1
     # The target network has the same layout, and separate parameters
     target_head: Any = model.q_net_target.q_net
-    assert shapes(target_head.value_stream) == expected_value_layers
+    assert _linear_shapes(target_head.shared_net) == expected_shared_layers
     assert all(a is not b for a, b in zip(model.q_net.parameters(), model.q_net_target.parameters(), strict=True))
+
+
+def test_stream_net_arch_gives_each_stream_hidden_layers_and_survives_save_load(tmp_path: str) -> None:
+    # The dueling paper's corridor network: a shared 50-unit layer, then two streams of 25 units
+    model = DuelingDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[50], stream_net_arch=[25]))
+    head: Any = model.q_net.q_net
+    assert _linear_shapes(head.shared_net) == [(4, 50)]
+    assert _linear_shapes(head.value_stream) == [(50, 25), (25, 1)]
+    assert _linear_shapes(head.advantage_stream) == [(50, 25), (25, 2)]
+    model.save(f"{tmp_path}/model")
+    loaded: Any = DuelingDQN.load(f"{tmp_path}/model").q_net.q_net
+    assert _linear_shapes(loaded.value_stream) == [(50, 25), (25, 1)]
 
 
 def test_dueling_cnn_streams_sit_on_nature_cnn_features() -> None:
