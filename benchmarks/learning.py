@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -115,27 +115,55 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args()
 
-    jobs = [(key, seed) for seed in args.seeds for key in args.algos]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.results_dir / "learning_cartpole.json"
+    png_path = args.results_dir / "learning_cartpole.png"
+    # Resume: keep the runs already recorded with the same settings, run the others
+    runs: list[dict[str, Any]] = []
+    if args.resume and json_path.exists():
+        previous = json.loads(json_path.read_text())
+        runs = [r for r in previous["runs"] if r["algo"] in args.algos and r["seed"] in args.seeds]
+    done = {(r["algo"], r["seed"]) for r in runs}
+    jobs = [(key, seed) for seed in args.seeds for key in args.algos if (key, seed) not in done]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run, key, seed, args.timesteps, args.eval_freq, args.eval_episodes) for key, seed in jobs]
-        runs = []
-        for future in futures:
+        futures = {
+            pool.submit(run, key, seed, args.timesteps, args.eval_freq, args.eval_episodes): (key, seed) for key, seed in jobs
+        }
+        for future in as_completed(futures):
             result = future.result()
             runs.append(result)
             print(
                 f"{result['class']:15s} seed {result['seed']}: final {result['final_eval']:.1f}, "
-                f"best {result['best_eval']:.1f}, {result['wall_time_s']:.0f} s"
+                f"best {result['best_eval']:.1f}, {result['wall_time_s']:.0f} s",
+                flush=True,
             )
+            write(args, runs, json_path, start)  # after every run, so an interrupted benchmark keeps its results
+    write(args, runs, json_path, start)
+    plot(runs, png_path)
+    for name, row in summarize(runs, args.algos).items():
+        print(
+            f"{name:15s} final {row['final_eval_mean']:.1f} +/- {row['final_eval_std']:.1f}; "
+            f"seeds reaching 475: {row['seeds_reaching_475_within_budget']}/{row['n_seeds']}"
+        )
+    print(f"results written to {json_path} and {png_path}")
 
+
+def summarize(runs: list[dict[str, Any]], algos: list[str]) -> dict[str, dict[str, Any]]:
+    """Per class: final scores, seeds reaching the threshold, the 4-of-5 check."""
     summary = {}
-    for key in args.algos:
-        mine = [r for r in runs if r["algo"] == key]
+    for key in algos:
+        mine = sorted((r for r in runs if r["algo"] == key), key=lambda r: r["seed"])
+        if not mine:
+            continue
         finals = [r["final_eval"] for r in mine]
         bests = [r["best_eval"] for r in mine]
         summary[ALGOS[key]] = {
+            "n_seeds": len(mine),
+            "seeds": [r["seed"] for r in mine],
             "final_eval_mean": statistics.mean(finals),
             "final_eval_std": statistics.pstdev(finals),
             "final_eval_per_seed": finals,
@@ -144,30 +172,20 @@ def main() -> None:
             "seeds_at_475_at_the_end": sum(f >= THRESHOLD for f in finals),
             "meets_4_of_5": sum(b >= THRESHOLD for b in bests) >= 4 if len(mine) == 5 else None,
         }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.results_dir / "learning_cartpole.json"
-    png_path = args.results_dir / "learning_cartpole.png"
-    json_path.write_text(
-        json.dumps(
-            {
-                "command": "python benchmarks/learning.py",
-                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "cpu_count": os.cpu_count(),
-                "total_wall_time_s": time.perf_counter() - start,
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    plot(runs, png_path)
-    for name, row in summary.items():
-        print(
-            f"{name:15s} final {row['final_eval_mean']:.1f} +/- {row['final_eval_std']:.1f}; "
-            f"seeds reaching 475: {row['seeds_reaching_475_within_budget']}/{len(args.seeds)}"
-        )
-    print(f"results written to {json_path} and {png_path}")
+    return summary
+
+
+def write(args: argparse.Namespace, runs: list[dict[str, Any]], path: Path, start: float) -> None:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result = {
+        "command": "python benchmarks/learning.py",
+        "settings": settings,
+        "cpu_count": os.cpu_count(),
+        "wall_time_s_this_invocation": time.perf_counter() - start,
+        "summary": summarize(runs, args.algos),
+        "runs": runs,
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
