@@ -8,12 +8,12 @@ import argparse
 import time
 
 import torch as th
-
-from sb3_dqn_ext import DoubleDQN, DuelingDQN
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-ALGOS = {"double_dqn": DoubleDQN, "dueling_dqn": DuelingDQN}
+from sb3_dqn_ext import DoubleDQN, DuelingDQN, PrioritizedDQN
+
+ALGOS = {"double_dqn": DoubleDQN, "dueling_dqn": DuelingDQN, "per_dqn": PrioritizedDQN}
 
 # rl-zoo3's CartPole-v1 entry of dqn.yml ("Almost Tuned")
 CARTPOLE_HYPERPARAMS = dict(
