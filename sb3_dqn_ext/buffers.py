@@ -91,6 +91,12 @@ class _PrioritizedSampling:
         """Exponent of the importance-sampling weights at the current training progress."""
         return self.beta_schedule(self.progress_remaining)
 
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        """Store a transition as SB3's buffer does, then give it the maximum priority seen so far."""
+        pos = self.pos
+        super().add(*args, **kwargs)  # type: ignore[misc]  # the SB3 buffer this class is mixed into
+        self._set_new_priorities(pos)
+
     def _set_new_priorities(self, pos: int) -> None:
         """Give the ``n_envs`` transitions just written at ``pos`` the maximum priority seen so far."""
         leaves = pos * self.n_envs + np.arange(self.n_envs)
@@ -198,11 +204,6 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
             gamma=gamma,
         )
         self._setup_priorities(alpha, beta, eps)
-
-    def add(self, *args: Any, **kwargs: Any) -> None:
-        pos = self.pos
-        super().add(*args, **kwargs)
-        self._set_new_priorities(pos)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:  # type: ignore[override]
         """
@@ -343,19 +344,8 @@ class DictPrioritizedReplayBuffer(_PrioritizedSampling, DictReplayBuffer):
         )
         self._setup_priorities(alpha, beta, eps)
 
-    def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        pos = self.pos
-        super().add(*args, **kwargs)
-        self._set_new_priorities(pos)
-
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictPrioritizedReplayBufferSamples:  # type: ignore[override]
-        """
-        Sample ``batch_size`` transitions with probability ``p_i / sum_k p_k`` (stratified).
-
-        :param batch_size: Number of transitions to sample
-        :param env: associated VecNormalize env to normalize the observations/rewards when sampling
-        :return: The batch, with ``weights`` and ``indices``
-        """
+        """As :meth:`PrioritizedReplayBuffer.sample`, for ``Dict`` observations."""
         leaves, batch_inds, env_indices, weights = self._sample_leaves(batch_size)
         samples = self._get_samples(batch_inds, env=env, env_indices=env_indices)
         return samples._replace(weights=self.to_torch(weights, copy=False), indices=leaves)
