@@ -85,6 +85,7 @@ class _PrioritizedSampling:
         self.progress_remaining = 1.0
         self.max_priority = 1.0
         self.tree = SumTree(self.buffer_size * self.n_envs)
+        self._strata_cache = np.arange(0, dtype=np.float64)
 
     @property
     def beta(self) -> float:
@@ -98,27 +99,40 @@ class _PrioritizedSampling:
         self._set_new_priorities(pos)
 
     def _set_new_priorities(self, pos: int) -> None:
-        """Give the ``n_envs`` transitions just written at ``pos`` the maximum priority seen so far."""
-        leaves = pos * self.n_envs + np.arange(self.n_envs)
-        self.tree.update(leaves, np.full(self.n_envs, self.max_priority**self.alpha))
+        """
+        Give the ``n_envs`` transitions just written at ``pos`` the maximum priority seen so far.
 
-    def _sample_leaves(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        The tree update is deferred: the ancestors of the new leaves are recomputed with the next priority
+        update or sample, in one batch for all the environment steps since the last one.
+        """
+        leaves = pos * self.n_envs + np.arange(self.n_envs)
+        self.tree._update(leaves, np.full(self.n_envs, self.max_priority**self.alpha), defer=True)
+
+    def _strata(self, batch_size: int) -> np.ndarray:
+        """``np.arange(batch_size)`` as float64, cached: the index of each of the ``batch_size`` segments."""
+        strata = self._strata_cache
+        if strata.shape[0] != batch_size:
+            strata = self._strata_cache = np.arange(batch_size, dtype=np.float64)
+        return strata
+
+    def _sample_leaves(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """
         Stratified proportional sampling and the importance-sampling weights.
 
-        :return: leaf indices, their ``pos`` and ``env`` indices, and the weights, shape ``(batch_size, 1)``
+        :return: leaf indices (``pos * n_envs + env``, the flat index of each slot) and the weights, float32
+            of shape ``(batch_size, 1)``
         """
         total = self.tree.total
-        if total <= 0:
+        if not total > 0:
             raise ValueError("Cannot sample from an empty prioritized replay buffer")
-        # Draw one value uniformly in each of batch_size equal segments of [0, total) (Appendix B.2.1)
-        prefix_sums = (np.arange(batch_size) + np.random.uniform(size=batch_size)) * (total / batch_size)
-        leaves = self.tree.query(prefix_sums)
-        batch_inds, env_indices = np.divmod(leaves, self.n_envs)
+        # Draw one value uniformly in each of batch_size equal segments of [0, total) (Appendix B.2.1);
+        # np.random.random(n) draws the same numbers as np.random.uniform(size=n), and they come out sorted
+        prefix_sums = (self._strata(batch_size) + np.random.random(batch_size)) * (total / batch_size)
+        leaves, priorities = self.tree._query(prefix_sums)
         # w_i = (N * P(i)) ** -beta, divided by the largest weight any stored transition can get,
         # that of the smallest priority p_min:  w_i / w_max = (P(i) / P_min) ** -beta = (p_i / p_min) ** -beta
-        weights = (self.tree.get(leaves) / self.tree.min) ** -self.beta
-        return leaves, batch_inds, env_indices, weights.astype(np.float32).reshape(-1, 1)
+        weights = (priorities / self.tree.min) ** -self.beta
+        return leaves, weights.astype(np.float32).reshape(-1, 1)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray | th.Tensor) -> None:
         """
@@ -131,18 +145,36 @@ class _PrioritizedSampling:
         if isinstance(td_errors, th.Tensor):
             td_errors = td_errors.detach().cpu().numpy()
         indices = np.asarray(indices)
-        td_errors = np.asarray(td_errors, dtype=np.float64)
-        if td_errors.size != indices.size or td_errors.reshape(-1).shape != indices.reshape(-1).shape:
+        td_errors = np.asarray(td_errors)
+        if td_errors.size != indices.size:
             raise ValueError(
                 f"td_errors (shape {td_errors.shape}) must have one value per index (indices shape {indices.shape})"
             )
-        indices, td_errors = indices.reshape(-1), td_errors.reshape(-1)
-        if not np.all(np.isfinite(td_errors)):
-            bad = td_errors[~np.isfinite(td_errors)]
+        leaves = self.tree._check_indices(indices)
+        if leaves.size == 0:
+            return
+        # Raw priorities |delta| + eps (float64), before alpha
+        priorities = np.abs(td_errors.reshape(-1), dtype=np.float64)
+        priorities += self.eps
+        # NaN propagates through max, and an infinite TD error gives an infinite maximum
+        max_priority = float(priorities.max())
+        if not max_priority < math.inf:
+            flat_errors = td_errors.reshape(-1)
+            bad = flat_errors[~np.isfinite(flat_errors)]
             raise ValueError(f"td_errors must be finite, got {bad[:5]} (priorities left unchanged)")
-        priorities = np.abs(td_errors) + self.eps  # raw priorities, before alpha
-        self.tree.update(indices, priorities**self.alpha)  # validates the indices before anything changes
-        self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
+        # Checked: finite, > 0, one per valid leaf index
+        self.tree._update(leaves, np.power(priorities, self.alpha, out=priorities))
+        self.max_priority = max(self.max_priority, max_priority)
+
+    def _as_tensor(self, array: np.ndarray) -> th.Tensor:
+        """
+        ``to_torch(array, copy=False)``, for arrays owned by nobody else (fresh results of fancy indexing or
+        arithmetic): on the CPU, ``th.from_numpy`` (the same shared-memory tensor, without the dispatch cost of
+        ``th.as_tensor(array, device=...)``); elsewhere SB3's ``to_torch``, which copies to the device.
+        """
+        if self.device.type == "cpu":  # type: ignore[attr-defined]  # the SB3 buffer's th.device
+            return th.from_numpy(array)
+        return self.to_torch(array, copy=False)  # type: ignore[attr-defined]
 
 
 class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
@@ -213,9 +245,11 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
         :param env: associated VecNormalize env to normalize the observations/rewards when sampling
         :return: The batch, with ``weights`` and ``indices``
         """
-        leaves, batch_inds, env_indices, weights = self._sample_leaves(batch_size)
-        samples = self._get_samples(batch_inds, env=env, env_indices=env_indices)
-        return samples._replace(weights=self.to_torch(weights, copy=False), indices=leaves)
+        leaves, weights = self._sample_leaves(batch_size)
+        if self.n_steps == 1:
+            return self._get_one_step_samples(leaves, env, self._as_tensor(weights))
+        batch_inds, env_indices = np.divmod(leaves, self.n_envs)
+        return self._get_n_step_samples(batch_inds, env_indices, env, self._as_tensor(weights))
 
     def _get_samples(  # type: ignore[override]
         self,
@@ -228,7 +262,7 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
 
         Same computation as SB3's ``ReplayBuffer._get_samples`` (one step) and
         ``NStepReplayBuffer._get_samples`` (n steps), but for given env indices instead of random ones.
-        ``weights`` and ``indices`` of the result are filled in by :meth:`sample`.
+        ``weights`` of the result is ``None``; ``indices`` are the leaf indices of the transitions.
 
         :param batch_inds: Positions in the buffer
         :param env: associated VecNormalize env
@@ -237,37 +271,37 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
         if env_indices is None:
             env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if self.n_steps == 1:
-            return self._get_one_step_samples(batch_inds, env_indices, env)
-        return self._get_n_step_samples(batch_inds, env_indices, env)
+            return self._get_one_step_samples(batch_inds * self.n_envs + env_indices, env, None)
+        return self._get_n_step_samples(batch_inds, env_indices, env, None)
 
-    # Every array passed to ``to_torch`` below is a fresh result of fancy indexing or arithmetic, owned by
-    # nobody else: ``copy=False`` skips the second copy SB3's ``to_torch`` makes by default (on the CPU).
+    # The storage arrays have shape (buffer_size, n_envs, ...): reshaped to (buffer_size * n_envs, ...) (a view),
+    # row ``pos * n_envs + env`` is the slot of leaf ``pos * n_envs + env``, so one index array gathers a batch.
+    # Every array turned into a tensor below is a fresh result of fancy indexing or arithmetic, owned by nobody
+    # else: no copy is needed (SB3's ``to_torch`` copies by default).
 
     def _get_one_step_samples(
-        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
+        self, leaves: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
     ) -> PrioritizedReplayBufferSamples:
         # As ReplayBuffer._get_samples: discounts are None, the model uses gamma
+        n_slots = self.buffer_size * self.n_envs
         # _normalize_obs is typed for dict observations too; this buffer only holds arrays
-        obs = self._normalize_obs(self.observations[batch_inds, env_indices, :], env)
-        next_obs = self._normalize_obs(self.next_observations[batch_inds, env_indices, :], env)
+        obs = self._normalize_obs(self.observations.reshape(n_slots, *self.obs_shape)[leaves], env)
+        next_obs = self._normalize_obs(self.next_observations.reshape(n_slots, *self.obs_shape)[leaves], env)
+        # Only use dones that are not due to timeouts
+        dones = self.dones.reshape(n_slots, 1)[leaves] * (1 - self.timeouts.reshape(n_slots, 1)[leaves])
         return PrioritizedReplayBufferSamples(
-            observations=self.to_torch(obs, copy=False),  # type: ignore[arg-type]
-            actions=self.to_torch(self.actions[batch_inds, env_indices, :], copy=False),
-            next_observations=self.to_torch(next_obs, copy=False),  # type: ignore[arg-type]
-            # Only use dones that are not due to timeouts
-            dones=self.to_torch(
-                (self.dones[batch_inds, env_indices] * (1 - self.timeouts[batch_inds, env_indices])).reshape(-1, 1), copy=False
-            ),
-            rewards=self.to_torch(
-                self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env), copy=False
-            ),
+            observations=self._as_tensor(obs),  # type: ignore[arg-type]
+            actions=self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[leaves]),
+            next_observations=self._as_tensor(next_obs),  # type: ignore[arg-type]
+            dones=self._as_tensor(dones),
+            rewards=self._as_tensor(self._normalize_reward(self.rewards.reshape(n_slots, 1)[leaves], env)),
             discounts=None,
-            weights=None,  # type: ignore[arg-type]  # set by sample()
-            indices=None,  # type: ignore[arg-type]
+            weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
+            indices=leaves,
         )
 
     def _get_n_step_samples(
-        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
+        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
     ) -> PrioritizedReplayBufferSamples:
         # The computation of NStepReplayBuffer._get_samples (SB3 2.9), for given env indices.
         # The slot before the write pointer is marked truncated for the duration of the call, so that no
@@ -301,14 +335,14 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
 
         obs = self._normalize_obs(self.observations[batch_inds, env_indices], env)
         return PrioritizedReplayBufferSamples(
-            observations=self.to_torch(obs, copy=False),  # type: ignore[arg-type]
-            actions=self.to_torch(self.actions[batch_inds, env_indices], copy=False),
-            next_observations=self.to_torch(next_obs, copy=False),  # type: ignore[arg-type]
-            dones=self.to_torch(final_dones, copy=False),
-            rewards=self.to_torch(n_step_returns, copy=False),
-            discounts=self.to_torch(target_q_discounts, copy=False),
-            weights=None,  # type: ignore[arg-type]  # set by sample()
-            indices=None,  # type: ignore[arg-type]
+            observations=self._as_tensor(obs),  # type: ignore[arg-type]
+            actions=self._as_tensor(self.actions[batch_inds, env_indices]),
+            next_observations=self._as_tensor(next_obs),  # type: ignore[arg-type]
+            dones=self._as_tensor(final_dones),
+            rewards=self._as_tensor(n_step_returns),
+            discounts=self._as_tensor(target_q_discounts),
+            weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
+            indices=batch_inds * self.n_envs + env_indices,
         )
 
 
@@ -346,9 +380,8 @@ class DictPrioritizedReplayBuffer(_PrioritizedSampling, DictReplayBuffer):
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictPrioritizedReplayBufferSamples:  # type: ignore[override]
         """As :meth:`PrioritizedReplayBuffer.sample`, for ``Dict`` observations."""
-        leaves, batch_inds, env_indices, weights = self._sample_leaves(batch_size)
-        samples = self._get_samples(batch_inds, env=env, env_indices=env_indices)
-        return samples._replace(weights=self.to_torch(weights, copy=False), indices=leaves)
+        leaves, weights = self._sample_leaves(batch_size)
+        return self._get_flat_samples(leaves, env, self._as_tensor(weights))
 
     def _get_samples(  # type: ignore[override]
         self,
@@ -359,29 +392,37 @@ class DictPrioritizedReplayBuffer(_PrioritizedSampling, DictReplayBuffer):
         """
         Gather the transitions at ``(batch_inds, env_indices)``, as SB3's ``DictReplayBuffer._get_samples``.
 
+        ``weights`` of the result is ``None``; ``indices`` are the leaf indices of the transitions.
+
         :param batch_inds: Positions in the buffer
         :param env: associated VecNormalize env
         :param env_indices: Env index of each sample; drawn uniformly (as SB3 does) when ``None``
         """
         if env_indices is None:
             env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
-        obs_ = self._normalize_obs({key: obs[batch_inds, env_indices, :] for key, obs in self.observations.items()}, env)
+        return self._get_flat_samples(batch_inds * self.n_envs + env_indices, env, None)
+
+    def _get_flat_samples(
+        self, leaves: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
+    ) -> DictPrioritizedReplayBufferSamples:
+        # As PrioritizedReplayBuffer._get_one_step_samples, key by key
+        n_slots = self.buffer_size * self.n_envs
+        obs_ = self._normalize_obs(
+            {key: obs.reshape(n_slots, *self.obs_shape[key])[leaves] for key, obs in self.observations.items()}, env
+        )
         next_obs_ = self._normalize_obs(
-            {key: obs[batch_inds, env_indices, :] for key, obs in self.next_observations.items()}, env
+            {key: obs.reshape(n_slots, *self.obs_shape[key])[leaves] for key, obs in self.next_observations.items()}, env
         )
         assert isinstance(obs_, dict) and isinstance(next_obs_, dict)
+        # Only use dones that are not due to timeouts
+        dones = self.dones.reshape(n_slots, 1)[leaves] * (1 - self.timeouts.reshape(n_slots, 1)[leaves])
         return DictPrioritizedReplayBufferSamples(
-            observations={key: self.to_torch(obs, copy=False) for key, obs in obs_.items()},
-            actions=self.to_torch(self.actions[batch_inds, env_indices], copy=False),
-            next_observations={key: self.to_torch(obs, copy=False) for key, obs in next_obs_.items()},
-            # Only use dones that are not due to timeouts
-            dones=self.to_torch(
-                self.dones[batch_inds, env_indices] * (1 - self.timeouts[batch_inds, env_indices]), copy=False
-            ).reshape(-1, 1),
-            rewards=self.to_torch(
-                self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env), copy=False
-            ),
+            observations={key: self._as_tensor(obs) for key, obs in obs_.items()},
+            actions=self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[leaves]),
+            next_observations={key: self._as_tensor(obs) for key, obs in next_obs_.items()},
+            dones=self._as_tensor(dones),
+            rewards=self._as_tensor(self._normalize_reward(self.rewards.reshape(n_slots, 1)[leaves], env)),
             discounts=None,
-            weights=None,  # type: ignore[arg-type]  # set by sample()
-            indices=None,  # type: ignore[arg-type]
+            weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
+            indices=leaves,
         )

@@ -16,6 +16,9 @@ MAX_ROOT_CHILDREN = 4096
 _NO_MIN = np.uint64(2**64 - 1)
 # Bits of +inf: non-negative float64 below it (finite, not NaN, not -0.0) have smaller bits
 _INF_BITS = np.float64(np.inf).view(np.uint64)
+_ONE = np.uint64(1)
+# Deferred updates kept before their ancestors are recomputed anyway (bounds the pending list)
+_MAX_PENDING = 1024
 
 
 class SumTree:
@@ -84,12 +87,18 @@ class SumTree:
         # Node values: ``_values[l][r, c]`` is node ``r * k + c`` of level ``l``; the last entry holds
         # the root's children (1-D)
         self._values: list[np.ndarray] = [np.zeros(shape) for shape in shapes] + [np.zeros(n_root_children)]
-        # Prefix sums of each row of internal nodes: ``_prefix[l][r, c] = sum(_values[l][r, :c])``. They
-        # are not stored for the leaves (that would double the memory: ``_prefix[0]`` is empty), so the
-        # leaf row is the only one whose cumulative sum is computed at query time. The parent of row
-        # ``r`` is ``_prefix[l][r, k]`` exactly, so queries see consistent sums down to the leaf rows.
+        # Prefix sums of each row of internal nodes: ``_prefix[l][r, c] = sum(_values[l][r, :c])`` for
+        # ``c < k``, and ``+inf`` in the last column, so that a query compares ``u`` with columns ``1..k``
+        # and stops at the last child when ``u`` overflows the row (see ``_descend``); the row's sum is
+        # its parent's value. They are not stored for the leaves (that would double the memory:
+        # ``_prefix[0]`` is empty), so the leaf row is the only one whose cumulative sum is computed at
+        # query time. An internal row's prefix sums and its parent's value come out of the same
+        # ``np.add.accumulate``; a leaf row's sum (``ndarray.sum``, pairwise) may differ from its cumulative
+        # sum by rounding, which the overflow rule absorbs.
         self._prefix: list[np.ndarray] = [np.zeros((0, self.branching + 1))]
         self._prefix += [np.zeros((n_rows, self.branching + 1)) for n_rows, _ in shapes[1:]]
+        for level in self._prefix[1:]:
+            level[:, -1] = np.inf
         self._prefix += [np.zeros(n_root_children + 1)]
         # Companion minimum of the internal nodes: the minimum over the positive leaves below each
         # node, none (``+inf``) when there is no positive leaf. Its leaf level is implicit, so it costs
@@ -100,35 +109,55 @@ class SumTree:
         self._mins: list[np.ndarray] = [np.zeros((0, self.branching), dtype=np.uint64)]
         self._mins += [np.full(shape, _NO_MIN) for shape in shapes[1:]]
         self._mins += [np.full(n_root_children, _NO_MIN)]
+        # Leaves written by ``update(..., defer=True)`` whose ancestors are not recomputed yet
+        self._pending: list[np.ndarray] = []
+        # ``min``, computed when first read after an update
+        self._min: float | None = math.inf
         self._make_views()
 
     def _make_views(self) -> None:
-        """Build the flat (1-D) views of each level, used to write a node given its index."""
+        """Build the views used by the hot paths: flat (1-D) levels, to write a node given its index,
+        and the root's prefix sums searched by a query."""
         self._values_flat = [level.reshape(-1) for level in self._values]
         self._mins_flat = [level.reshape(-1) for level in self._mins]
+        self._root_bounds = self._prefix[-1][1:-1]
+        # ``arange(batch_size) * width``, by (batch_size, width): start of each row of a gathered batch of rows
+        self._row_starts: dict[tuple[int, int], np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Views would be pickled as independent copies: drop them and rebuild them on load
+        self._flush()
         state = self.__dict__.copy()
-        del state["_values_flat"], state["_mins_flat"]
+        for name in ("_values_flat", "_mins_flat", "_root_bounds", "_row_starts"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        # Trees pickled by earlier versions of this module store each row's sum in the last
+        # column of the prefix sums, and had no pending list or cached minimum
+        self.__dict__.setdefault("_pending", [])
+        self.__dict__.setdefault("_min", None)
+        for level in self._prefix[1:-1]:
+            level[:, -1] = np.inf
         self._make_views()
 
     @property
     def total(self) -> float:
         """Sum of all leaves."""
+        if self._pending:
+            self._flush()
         return float(self._prefix[-1][-1])
 
     @property
     def min(self) -> float:
         """Minimum over the leaves whose value is positive, ``math.inf`` when there are none."""
-        min_bits = self._mins[-1].min()
-        if min_bits == _NO_MIN:
-            return math.inf
-        return float((min_bits + np.uint64(1)).view(np.float64))
+        if self._pending:
+            self._flush()
+        if self._min is None:
+            min_bits = self._mins[-1].min()
+            self._min = math.inf if min_bits == _NO_MIN else float((min_bits + np.uint64(1)).view(np.float64))
+        return self._min
 
     def _check_indices(self, indices: np.ndarray) -> np.ndarray:
         """
@@ -138,16 +167,21 @@ class SumTree:
         :return: The indices as a flat ``intp`` array
         """
         indices = np.asarray(indices)
-        if indices.dtype.kind not in "iu":
-            raise IndexError(f"leaf indices must be integers, got dtype {indices.dtype}")
+        dtype = indices.dtype
+        if dtype.kind not in "iu":
+            raise IndexError(f"leaf indices must be integers, got dtype {dtype}")
         flat = indices.reshape(-1)
         # Viewed as unsigned, negative indices are huge: one reduction checks both bounds
-        if flat.size > 0 and flat.view(flat.dtype.str.replace("i", "u")).max() >= self.capacity:
+        if dtype == np.intp:
+            unsigned = flat.view(np.uintp)
+        else:
+            unsigned = flat if dtype.kind == "u" else flat.view(dtype.str.replace("i", "u"))
+        if flat.size > 0 and unsigned.max() >= self.capacity:
             bad = flat[(flat < 0) | (flat >= self.capacity)][0]
             raise IndexError(f"leaf index {int(bad)} is out of range [0, {self.capacity})")
-        return flat.astype(np.intp, copy=False)
+        return flat if dtype == np.intp else flat.astype(np.intp)
 
-    def update(self, indices: np.ndarray, values: np.ndarray | float) -> None:
+    def update(self, indices: np.ndarray, values: np.ndarray | float, *, defer: bool = False) -> None:
         """
         Set leaves ``indices`` to ``values`` and recompute their ancestors.
 
@@ -155,6 +189,10 @@ class SumTree:
 
         :param indices: Leaf indices in ``[0, capacity)``, any shape
         :param values: Finite non-negative values, same shape as ``indices`` or a scalar
+        :param defer: Write the leaves now but recompute their ancestors only when the tree is next read
+            (``total``, ``min``, ``query``, pickling) or updated without ``defer``, together with that update's
+            leaves: many small updates (one new transition per environment step) then cost one batched update.
+            ``get`` reads the new values at once.
         """
         index_shape = np.shape(indices)
         flat_indices = self._check_indices(indices)
@@ -174,36 +212,60 @@ class SumTree:
                 raise ValueError(f"priority values must be finite and >= 0, got {float(bad_values[0])}")
             # Only -0.0, which would break the min-structure's encoding: make it +0.0
             values = values + 0.0
-        self._update(flat_indices, values)
+        self._update(flat_indices, values, defer)
 
-    def _update(self, indices: np.ndarray, values: np.ndarray) -> None:
+    def _update(self, indices: np.ndarray, values: np.ndarray, defer: bool = False) -> None:
         """
-        Set leaves and recompute their ancestors (no input validation).
+        ``update`` without input checks.
+
+        :param indices: Flat ``intp`` leaf indices in ``[0, capacity)`` (``_check_indices``)
+        :param values: Flat float64 values, finite, positive or +0.0 (not -0.0), one per index
+        :param defer: See ``update``
+        """
+        self._values_flat[0][indices] = values
+        if defer:
+            self._pending.append(indices)
+            if len(self._pending) >= _MAX_PENDING:
+                self._flush()
+        else:
+            self._update_ancestors(indices)
+
+    def _flush(self) -> None:
+        """Recompute the ancestors of the leaves written by deferred updates."""
+        if self._pending:
+            self._update_ancestors(np.empty(0, dtype=np.intp))
+
+    def _update_ancestors(self, indices: np.ndarray) -> None:
+        """
+        Recompute the ancestors of leaves ``indices`` and of the pending (deferred) leaves, from their children.
 
         Node ``i`` of level ``l`` is in row ``i // k``, which holds the children of node ``i // k`` of
         level ``l + 1``: each changed row is recomputed from its children, level by level. A row listed
         twice (siblings, duplicate indices) is recomputed twice to the same value, which is cheaper
-        than ``np.unique``.
+        than ``np.unique``. Hot path: ufuncs and array methods only (``np.take``, ``np.cumsum`` and other
+        ``np.*`` functions cost a few microseconds of dispatch each).
 
-        :param indices: Flat leaf indices in ``[0, capacity)``
-        :param values: Finite non-negative values, same shape
+        :param indices: Flat ``intp`` leaf indices in ``[0, capacity)``, already written
         """
+        if self._pending:
+            self._pending.append(indices)
+            indices = np.concatenate(self._pending)
+            self._pending = []
         branching = self.branching
-        # Fancy assignment: the last occurrence of a duplicate index wins
-        self._values_flat[0][indices] = values
         rows = indices // branching
-        leaves = self._values[0][rows]
+        leaves = self._values[0].take(rows, axis=0)
         self._values_flat[1][rows] = leaves.sum(axis=1)
         # Leaf level of the min-structure: zero (unfilled) leaves count as +inf
-        self._mins_flat[1][rows] = (leaves.view(np.uint64) - np.uint64(1)).min(axis=1)
+        self._mins_flat[1][rows] = (leaves.view(np.uint64) - _ONE).min(axis=1)
         for level in range(1, len(self._n_rows)):
             rows //= branching
-            cumsum = np.cumsum(self._values[level][rows], axis=1)
-            self._prefix[level][rows, 1:] = cumsum
+            cumsum = np.add.accumulate(self._values[level].take(rows, axis=0), axis=1)
+            self._prefix[level][rows, 1:branching] = cumsum[:, :-1]
             self._values_flat[level + 1][rows] = cumsum[:, -1]
-            self._mins_flat[level + 1][rows] = self._mins[level][rows].min(axis=1)
+            self._mins_flat[level + 1][rows] = self._mins[level].take(rows, axis=0).min(axis=1)
         # Root: all its children's prefix sums at once
-        np.cumsum(self._values[-1], out=self._prefix[-1][1:])
+        np.add.accumulate(self._values[-1], out=self._prefix[-1][1:])
+        self._min = None
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """
@@ -232,57 +294,84 @@ class SumTree:
         u = np.asarray(prefix_sums, dtype=np.float64)
         shape = u.shape
         u = u.reshape(-1)
-        if not self._prefix[-1][-1] > 0:
+        if not self.total > 0:
             raise ValueError("cannot query a sum tree whose total is 0 (no positive leaf to sample)")
         if u.size == 0:
             return np.zeros(shape, dtype=np.int64)
         if not u.min() >= 0:
             bad = u[~(u >= 0)][0]
             raise ValueError(f"prefix sums must be >= 0 and not NaN, got {float(bad)}")
-        leaves = self._descend(u)
-        # The fast descent ends on a zero leaf when ``u`` overflowed a node whose last child is 0:
-        # redo those with the exact clamping rule
-        leaf_values = np.take(self._values_flat[0], leaves, mode="clip")
-        if not leaf_values.all():
-            zero = leaf_values == 0
-            leaves[zero] = self._descend_clamped(u[zero])
+        leaves, _ = self._query(u)
         return leaves.reshape(shape).astype(np.int64, copy=False)
 
-    def _descend(self, u: np.ndarray) -> np.ndarray:
+    def _query(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """
+        ``query`` without input checks, also returning the values of the leaves found.
+
+        :param u: Flat float64 prefix sums, ``>= 0``, not all of them if the total is 0; sorted is
+            fastest (``np.searchsorted`` then narrows its search from one key to the next)
+        :return: Leaf indices (``intp``) and their values (float64, all positive)
+        """
+        leaves, values = self._descend(u)
+        # The fast descent ends on a zero leaf when ``u`` overflowed a node whose last child is 0:
+        # redo those with the exact clamping rule
+        if not values.all():
+            zero = values == 0
+            leaves[zero] = self._descend_clamped(u[zero])
+            values[zero] = self._values_flat[0][leaves[zero]]
+        return leaves, values
+
+    def _batch_row_starts(self, batch_size: int, width: int) -> np.ndarray:
+        """``arange(batch_size) * width``, cached: flat index of the first entry of each row of a batch."""
+        key = (batch_size, width)
+        starts = self._row_starts.get(key)
+        if starts is None:
+            if len(self._row_starts) > 64:
+                self._row_starts.clear()
+            starts = self._row_starts[key] = np.arange(0, batch_size * width, width)
+        return starts
+
+    def _descend(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """
         Descend from the root choosing, at each level, child ``c`` with ``cum[c] <= u < cum[c + 1]``.
 
-        ``cum[c]`` is the sum of the children left of child ``c``. The last ``cum`` is not compared, so a
-        ``u`` that overflows the node (``u >= cum[k]``: ``u >= total`` or rounding) picks the last child.
-        If that child is 0 (possibly a padding node, whose descendants are leaves >= capacity), the
-        descent ends on a zero leaf; otherwise it makes the same choices as ``_descend_clamped``.
+        ``cum[c]`` is the sum of the children left of child ``c``. The last ``cum`` is not compared (it
+        is ``+inf`` in the stored prefix sums), so a ``u`` that overflows the node (``u >= total`` or
+        rounding) picks the last child. If that child is 0 (possibly a padding node, whose descendants
+        are leaves >= capacity), the descent ends on a zero leaf; otherwise it makes the same choices as
+        ``_descend_clamped``.
 
         :param u: Flat array of prefix sums
-        :return: Leaf indices, possibly ``>= capacity`` (padding)
+        :return: Leaf indices, possibly ``>= capacity`` (padding), and the leaf values (0 for padding)
         """
+        if self._pending:
+            self._flush()
         branching = self.branching
         batch_size = u.shape[0]
         root_prefix = self._prefix[-1]
-        rows = np.searchsorted(root_prefix[1:-1], u, side="right")
+        rows = self._root_bounds.searchsorted(u, side="right")
         u = u - root_prefix[rows]
         u_column = u[:, None]
-        # ``mask[:, k - 1]`` stays False: ``argmin`` returns the first child with ``cum[c + 1] > u``,
-        # or the last child
-        mask = np.zeros((batch_size, branching), dtype=bool)
-        row_starts = np.arange(0, batch_size * (branching + 1), branching + 1)
+        starts = self._batch_row_starts(batch_size, branching + 1)
         for level in range(len(self._n_rows) - 1, 0, -1):
-            prefix = np.take(self._prefix[level], rows, axis=0, mode="clip")
-            np.less_equal(prefix[:, 1:branching], u_column, out=mask[:, :-1])
-            child = mask.argmin(axis=1)
-            u -= prefix.ravel()[row_starts + child]
+            # mode="clip": a padding node (index >= n_rows) reads the last row (see ``__init__``)
+            prefix = self._prefix[level].take(rows, axis=0, mode="clip")
+            # The first child whose prefix sum (of it and its left siblings) exceeds u; the last column
+            # is +inf, so argmin finds a False
+            child = (prefix[:, 1:] <= u_column).argmin(axis=1)
+            u -= prefix.reshape(-1)[starts + child]
             rows *= branching
             rows += child
-        # Leaves: the only cumulative sum of the query
-        cumsum = np.cumsum(np.take(self._values[0], rows, axis=0, mode="clip"), axis=1)
-        np.less_equal(cumsum[:, :-1], u_column, out=mask[:, :-1])
+        # Leaves: the only cumulative sum of the query. Its last column is set to +inf, as stored
+        # prefix sums are above (an all-zero row, padding, keeps its zero values)
+        leaf_rows = self._values[0].take(rows, axis=0, mode="clip")
+        cumsum = np.add.accumulate(leaf_rows, axis=1)
+        cumsum[:, -1] = np.inf
+        child = (cumsum <= u_column).argmin(axis=1)
+        values = leaf_rows.reshape(-1)[self._batch_row_starts(batch_size, branching) + child]
         rows *= branching
-        rows += mask.argmin(axis=1)
-        return rows
+        rows += child
+        return rows, values
 
     def _descend_clamped(self, u: np.ndarray) -> np.ndarray:
         """
@@ -290,7 +379,8 @@ class SumTree:
 
         Cumulative sums are non-decreasing, so ``#{c: cum[c + 1] <= u}`` is the child containing ``u``
         and ``#{c: cum[c + 1] < cum[k]}`` the last child of positive sum (the node's sum is positive:
-        it was chosen by the same rule one level up, or it is the root).
+        it was chosen by the same rule one level up, or it is the root). Each row's cumulative sum is
+        recomputed from its children, as ``_update_ancestors`` computes the stored ones: same numbers.
 
         :param u: Flat array of prefix sums
         :return: Leaf indices, all of positive value
@@ -304,11 +394,8 @@ class SumTree:
         )
         u = u - root_prefix[rows]
         for level in range(len(self._n_rows) - 1, -1, -1):
-            if level == 0:
-                cumsum = np.zeros((batch_size, branching + 1))
-                np.cumsum(self._values[0][rows], axis=1, out=cumsum[:, 1:])
-            else:
-                cumsum = self._prefix[level][rows]
+            cumsum = np.zeros((batch_size, branching + 1))
+            np.cumsum(self._values[level][rows], axis=1, out=cumsum[:, 1:])
             child = np.minimum(
                 (cumsum[:, 1:] <= u[:, None]).sum(axis=1),
                 (cumsum[:, 1:] < cumsum[:, -1:]).sum(axis=1),

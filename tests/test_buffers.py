@@ -352,6 +352,7 @@ def test_sampling_is_stratified_one_draw_per_equal_segment() -> None:
             # hence sorted leaf indices
             assert np.all(np.diff(indices) >= 0)
             # Reference: one np.random.uniform draw per segment, u_k = (k + U_k) * total / B, leaf = searchsorted
+            # (the buffer draws them with np.random.random: the same numbers)
             np.random.seed(seed)
             u = (np.arange(batch_size) + np.random.uniform(size=batch_size)) * (total / batch_size)
             assert np.array_equal(indices, np.searchsorted(cumsum, u, side="right")), (batch_size, seed)
@@ -650,7 +651,7 @@ def test_draws_at_the_top_of_the_last_segment_do_not_reach_unfilled_slots(monkey
     rng = np.random.default_rng(0)
     buffer.update_priorities(np.arange(10), rng.uniform(0.01, 3.0, size=10))
     largest_below_one = np.nextafter(1.0, 0.0)
-    monkeypatch.setattr(np.random, "uniform", lambda size: np.full(size, largest_below_one))
+    monkeypatch.setattr(np.random, "random", lambda size: np.full(size, largest_below_one))
     for batch_size in (1, 3, 7, 32, 33):
         indices = buffer.sample(batch_size).indices
         assert indices.max() == 9, batch_size  # last written leaf

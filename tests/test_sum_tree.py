@@ -101,7 +101,8 @@ def test_four_ary_tree_of_five_leaves() -> None:
     tree.update(np.array([0, 1, 2, 3, 4]), np.array([1.0, 2.0, 3.0, 4.0, 5.5]))
     np.testing.assert_array_equal(tree._values[0], [[1, 2, 3, 4], [5.5, 0, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(tree._values[1], [[10, 5.5, 0, 0]])
-    np.testing.assert_array_equal(tree._prefix[1], [[0, 10, 15.5, 15.5, 15.5]])
+    # Prefix sums of the root's row, the last column +inf (the row's sum, 15.5, is the root's value)
+    np.testing.assert_array_equal(tree._prefix[1], [[0, 10, 15.5, 15.5, np.inf]])
     np.testing.assert_array_equal(tree._values[2], [15.5])
     assert tree.total == 15.5
     assert tree.min == 1.0
@@ -491,3 +492,90 @@ def test_memory_is_linear_in_capacity() -> None:
         n_bytes = sum(array.nbytes for name in ("_values", "_prefix", "_mins") for array in getattr(tree, name))
         # Leaves, then per level: node values, prefix sums and minimums, about (3 + 1 / k) / (k - 1) of the leaves
         assert n_bytes < 8 * capacity * (1 + (3 + 1 / branching) / (branching - 1)) * 1.001 + 8 * 4 * branching**2
+
+
+def test_deferred_updates_write_leaves_at_once_and_ancestors_at_the_next_read() -> None:
+    # Leaves [0, 0, 0, 0, 0] in rows of 2; three deferred updates, then a read:
+    #
+    #   after the deferred updates (leaves only):   [2, 0 | 0, 3 | 1]   ancestors still [0, 0, 0], total 0 (stored)
+    #   after the read (one batched recomputation): rows [2, 3, 1], total 6, min 1
+    tree = SumTree(5, branching=2)
+    tree.update(np.array([0]), np.array([2.0]), defer=True)
+    tree.update(np.array([3]), np.array([3.0]), defer=True)
+    tree.update(np.array([4, 0]), np.array([1.0, 2.0]), defer=True)  # leaf 0 written twice, same value
+    np.testing.assert_array_equal(leaves_of(tree), [2, 0, 0, 3, 1])  # get reads the leaves at once
+    np.testing.assert_array_equal(tree._values[1], [0, 0, 0])  # ancestors not recomputed yet
+    assert tree.total == 6.0  # the read recomputes them
+    np.testing.assert_array_equal(tree._values[1], [2, 3, 1])
+    np.testing.assert_array_equal(tree._prefix[1], [0, 2, 5, 6])
+    assert tree.min == 1.0
+    assert tree._pending == []
+    np.testing.assert_array_equal(tree.query(np.array([0.0, 1.9, 2.0, 4.9, 5.0, 5.9])), [0, 0, 3, 3, 4, 4])
+
+
+@pytest.mark.parametrize("read", ["total", "min", "query", "update", "pickle"])
+def test_every_read_sees_deferred_updates(read: str) -> None:
+    rng = np.random.default_rng(3)
+    capacity = 500
+    tree = SumTree(capacity, branching=4, max_root_children=8)
+    reference = SumTree(capacity, branching=4, max_root_children=8)
+    leaves = np.zeros(capacity)
+    for _ in range(30):
+        indices = rng.integers(0, capacity, size=int(rng.integers(1, 5)))
+        values = rng.integers(1, 9, size=indices.size) / 4
+        tree.update(indices, values, defer=True)
+        leaves[indices] = values
+    reference.update(np.arange(capacity), leaves)
+    if read == "total":
+        assert tree.total == leaves.sum()
+    elif read == "min":
+        assert tree.min == leaves[leaves > 0].min()
+    elif read == "query":
+        prefix_sums = np.concatenate([np.cumsum(leaves), rng.uniform(0, leaves.sum(), size=50)])
+        np.testing.assert_array_equal(tree.query(prefix_sums), reference_query(leaves, prefix_sums))
+    elif read == "update":
+        # A plain update recomputes the pending leaves' ancestors along with its own
+        tree.update(np.array([7]), np.array([leaves[7]]))
+    else:
+        tree = pickle.loads(pickle.dumps(tree))
+    assert_same_structure(tree, reference)
+    check_against_reference(tree, leaves, rng.uniform(0, leaves.sum(), size=20))
+
+
+def test_many_deferred_updates_are_flushed_in_bounded_batches() -> None:
+    tree = SumTree(3000, branching=8)
+    for index in range(2500):
+        tree.update(np.array([index]), np.array([1.0]), defer=True)
+        assert len(tree._pending) < 1024  # flushed when the list reaches _MAX_PENDING
+    assert tree.total == 2500.0
+    check_against_reference(tree, np.r_[np.ones(2500), np.zeros(500)], np.linspace(0, 2499.5, 50))
+
+
+def test_deferred_update_rejects_bad_input_and_writes_nothing() -> None:
+    tree = SumTree(10, branching=4)
+    tree.update(np.array([1]), np.array([1.0]), defer=True)
+    with pytest.raises(ValueError, match="got nan"):
+        tree.update(np.array([2, 3]), np.array([2.0, np.nan]), defer=True)
+    with pytest.raises(IndexError, match="leaf index 10 is out of range"):
+        tree.update(np.array([2, 10]), np.array([2.0, 3.0]), defer=True)
+    np.testing.assert_array_equal(leaves_of(tree), [0, 1] + [0] * 8)
+    assert tree.total == 1.0
+
+
+def test_unpickling_a_tree_saved_before_the_deferred_updates() -> None:
+    # Earlier versions stored each internal row's sum in the last column of its prefix sums, and had no
+    # pending list or cached minimum: such a pickle still loads and answers the same queries
+    tree = SumTree(100, branching=4, max_root_children=2)
+    rng = np.random.default_rng(4)
+    tree.update(np.arange(100), rng.integers(0, 5, size=100) / 2)
+    state = pickle.loads(pickle.dumps(tree.__getstate__()))  # a deep copy: tree keeps its own arrays
+    for level in range(1, len(state["_n_rows"])):
+        state["_prefix"][level] = state["_prefix"][level].copy()
+        state["_prefix"][level][:, -1] = state["_values"][level].sum(axis=1)
+    del state["_pending"], state["_min"]
+    old = SumTree.__new__(SumTree)
+    old.__setstate__(state)
+    assert_same_structure(old, tree)
+    assert (old.total, old.min) == (tree.total, tree.min)
+    prefix_sums = rng.uniform(0, tree.total, size=200)
+    np.testing.assert_array_equal(old.query(prefix_sums), tree.query(prefix_sums))
