@@ -20,14 +20,12 @@ def _hand_head() -> Any:
     """
     Linear streams on 2 features, 3 actions, set by hand:
 
-    ``V(f) = f0 + 2 f1``; ``A(f) = (f0, 2 f0, 3 f0 + 4 f1)``
+    ``V(f) = f0 + 2 f1``; ``A(f) = (f0, 2 f0, 3 f0 + 4 f1)``, the rows of the fused stream layer (V first)
     """
     head: Any = DuelingHead(features_dim=2, action_dim=3, net_arch=[], activation_fn=nn.ReLU, trunk_gradient_scale=1.0)
     with th.no_grad():
-        head.value_stream[0].weight.copy_(th.tensor([[1.0, 2.0]]))
-        head.advantage_stream[0].weight.copy_(th.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0]]))
-        head.value_stream[0].bias.zero_()
-        head.advantage_stream[0].bias.zero_()
+        head.streams.weight.copy_(th.tensor([[1.0, 2.0], [1.0, 0.0], [2.0, 0.0], [3.0, 4.0]]))
+        head.streams.bias.zero_()
     return head
 
 
@@ -37,7 +35,8 @@ def test_dueling_aggregation_subtracts_the_mean_advantage_of_each_state() -> Non
     # state 1: V = 1, A = (1, 2, 3), mean 2   -> Q = 1 + A - 2   = (0, 1, 2)
     # state 2: V = 2, A = (0, 0, 4), mean 4/3 -> Q = 2 + A - 4/3 = (2/3, 2/3, 14/3)
     expected = np.array([[0.0, 1.0, 2.0], [2 / 3, 2 / 3, 14 / 3]])
-    np.testing.assert_allclose(head(features).detach().numpy(), expected, rtol=1e-6)
+    # Up to float32 rounding: the aggregation is a matrix product (1/3 is not exact)
+    np.testing.assert_allclose(head(features).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
     # The batch-mean aggregation (the bug of sb3-contrib #127) would subtract mean(A over batch) = 10/6 instead
     wrong = np.array([[1.0], [2.0]]) + np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]]) - 10 / 6
     assert not np.allclose(head(features).detach().numpy(), wrong)
@@ -50,7 +49,20 @@ def test_dueling_q_values_of_a_state_do_not_depend_on_other_states_in_the_batch(
     alone = th.cat([head(features[i : i + 1]) for i in range(6)])
     th.testing.assert_close(together, alone)
     # Identifiability (Eq. 9): the mean over actions of Q is V
-    th.testing.assert_close(together.mean(dim=1, keepdim=True), head.value_stream(head.shared_net(features)))
+    values = head.value_and_advantages(head.shared_net(features))[:, :1]
+    th.testing.assert_close(together.mean(dim=1, keepdim=True), values)
+
+
+@pytest.mark.parametrize("stream_net_arch", [[], [3]])
+def test_dueling_aggregation_matches_the_formula_with_either_stream_layout(stream_net_arch: list[int]) -> None:
+    head = DuelingHead(5, 4, [6], nn.ReLU, trunk_gradient_scale=1.0, stream_net_arch=stream_net_arch)
+    features = th.randn(7, 5)
+    streams = head.value_and_advantages(head.shared_net(features))
+    values, advantages = streams[:, :1], streams[:, 1:]
+    th.testing.assert_close(head(features), values + advantages - advantages.mean(dim=1, keepdim=True))
+    # The aggregation matrix is not a parameter and is not saved
+    assert "aggregation" not in head.state_dict()
+    assert all(parameter is not head.aggregation for parameter in head.parameters())
 
 
 def _linear_shapes(stream: Any) -> list[tuple[int, int]]:
@@ -74,8 +86,9 @@ def test_net_arch_layers_are_shared_and_streams_are_linear_by_default(
     assert isinstance(head, DuelingHead)
     assert _linear_shapes(head.shared_net) == expected_shared_layers
     latent_dim = expected_shared_layers[-1][1] if expected_shared_layers else 4  # CartPole: 4 features
-    assert _linear_shapes(head.value_stream) == [(latent_dim, 1)]
-    assert _linear_shapes(head.advantage_stream) == [(latent_dim, 2)]  # CartPole: 2 actions
+    # Each stream is one linear layer: both are the fused layer, V then the 2 advantages (CartPole: 2 actions)
+    assert head.value_stream is None and head.advantage_stream is None and head.streams is not None
+    assert (head.streams.in_features, head.streams.out_features) == (latent_dim, 1 + 2)
     # Same hidden layers as the single-stream network: one extra output unit (V) is all the dueling head adds
     single = DoubleDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=net_arch))
     n_dueling = sum(p.numel() for p in model.q_net.parameters())
@@ -105,9 +118,9 @@ def test_dueling_cnn_streams_sit_on_nature_cnn_features() -> None:
     assert isinstance(model.q_net.features_extractor, NatureCNN)
     head: Any = model.q_net.q_net
     # SB3 gives NatureCNN an empty net_arch: each stream is one linear layer on the 512 features
-    assert [type(layer) for layer in head.value_stream] == [nn.Linear]
-    assert head.value_stream[0].in_features == 512
-    assert head.advantage_stream[0].out_features == 6  # FakeImageEnv(discrete=True) has 6 actions
+    assert isinstance(head.streams, nn.Linear)
+    assert head.streams.in_features == 512
+    assert head.streams.out_features == 1 + 6  # V and FakeImageEnv(discrete=True)'s 6 advantages
 
 
 def test_trunk_gradient_is_scaled_by_one_over_sqrt_two() -> None:
@@ -121,7 +134,7 @@ def test_trunk_gradient_is_scaled_by_one_over_sqrt_two() -> None:
         head = DuelingHead(6, 4, [4], nn.ReLU, trunk_gradient_scale=scale)
         q_values = head(trunk(observations))
         q_values.sum().backward()
-        stream: Any = head.value_stream[0]
+        stream: Any = head.streams
         assert trunk.weight.grad is not None
         results[scale] = (q_values.detach(), trunk.weight.grad, stream.weight.grad)
     (q_plain, trunk_plain, stream_plain), (q_scaled, trunk_scaled, stream_scaled) = results.values()
