@@ -43,7 +43,8 @@ class BaseDQN(DQN):
     Differs from SB3: ``train()`` keeps the losses on the device and reads them back once per call to
     ``train()`` instead of once per gradient step (``loss.item()``), so the loop does not wait for the
     device after every step. The parameters are unchanged by this; only the logged mean loss is computed
-    in float32 on the device instead of float64 on the host. ``tau`` is checked to lie in ``(0, 1]``
+    in float32 on the device instead of float64 on the host. The parameters whose gradient norm is clipped are
+    listed once per call instead of once per gradient step (the same parameters). ``tau`` is checked to lie in ``(0, 1]``
     (``tau=0`` would silently freeze the target network). ``learn()`` names TensorBoard runs after the class.
     """
 
@@ -137,6 +138,9 @@ class BaseDQN(DQN):
             # beta follows the training progress, like the learning rate and the exploration rate
             self.replay_buffer.progress_remaining = self._current_progress_remaining  # type: ignore[union-attr]
 
+        # The parameters whose gradient norm is clipped, as SB3 passes them (self.policy.parameters()), listed
+        # once per call: walking the module tree at every gradient step costs more than the clipping itself
+        parameters = list(self.policy.parameters())
         losses = []
         for _ in range(gradient_steps):
             # Sample replay buffer
@@ -163,7 +167,7 @@ class BaseDQN(DQN):
             self.policy.optimizer.zero_grad()
             loss.backward()
             # Clip gradient norm
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            th.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
             self.policy.optimizer.step()
 
         # Increase update counter
