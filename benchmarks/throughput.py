@@ -4,7 +4,10 @@ Training throughput of DoubleDQN, DuelingDQN and PrioritizedDQN against SB3's DQ
 Same configuration for every class (rl-zoo3's DQN settings for the environment, the dueling network only where
 the class brings it), interleaved in one process: each round trains every class once for the same number of
 steps, in a shuffled order, so that machine noise hits all alike. Reported: per class, the median env-steps/s
-over rounds and the median over rounds of the per-round ratio to DQN.
+over rounds and the median over rounds of the per-round ratio to DQN, in wall-clock time and in process CPU time
+(which leaves out the time spent waiting for a core on a shared machine), checked against the targets
+(DoubleDQN >= 0.98x, DuelingDQN >= 0.95x, PrioritizedDQN >= 0.90x of DQN); JSON and a PNG plot of the per-round
+ratios go to ``benchmarks/results/throughput_<env>[_<device>].{json,png}``.
 
     python benchmarks/throughput.py                          # CPU, CartPole-v1 zoo configuration
     python benchmarks/throughput.py --device cuda --env PongNoFrameskip-v4 --steps 20000   # on a GPU
@@ -38,6 +41,8 @@ CLASSES: dict[str, type[DQN]] = {
     "PrioritizedDQN": PrioritizedDQN,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+# Issue 5's targets: steps/s of each class at least this fraction of DQN's (on CPU; on GPU at least DQN's speed)
+CPU_TARGETS = {"DoubleDQN": 0.98, "DuelingDQN": 0.95, "PrioritizedDQN": 0.90}
 
 
 def make_env(env_id: str, seed: int) -> VecEnv:
@@ -50,7 +55,8 @@ def make_env(env_id: str, seed: int) -> VecEnv:
     return make_vec_env(env_id, n_envs=1, seed=seed)
 
 
-def steps_per_second(cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int) -> float:
+def steps_per_second(cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int) -> tuple[float, float]:
+    """Timed ``learn()`` of ``steps`` environment steps after the untimed warm-up: (wall, CPU) steps per second."""
     policy, _, kwargs = load_section(zoo_dqn_file(), section)
     # Training starts after learning_starts: time only the part where gradient steps happen
     kwargs["learning_starts"] = min(kwargs.get("learning_starts", 100), steps // 10)
@@ -58,11 +64,44 @@ def steps_per_second(cls: type[DQN], env_id: str, section: str, steps: int, devi
     model.learn(total_timesteps=kwargs["learning_starts"])  # fill the buffer, untimed
     if device.startswith("cuda"):
         th.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=steps, reset_num_timesteps=False)
     if device.startswith("cuda"):
         th.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
+
+
+def plot(summary: dict[str, Any], targets: dict[str, float], title: str, path: Path) -> None:
+    """Per-round ratios to DQN (dots: wall clock, crosses: CPU time), medians (bars) and targets (dashes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # write files only, no display
+    import matplotlib.pyplot as plt
+
+    names = [name for name in summary if name != "DQN" and summary[name]["ratios_to_dqn"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for x, name in enumerate(names):
+        ax.bar(x, summary[name]["median_ratio_to_dqn"], width=0.6, color="#9ecae1", label="median (wall)" if x == 0 else None)
+        ratios, cpu_ratios = summary[name]["ratios_to_dqn"], summary[name]["cpu_ratios_to_dqn"]
+        ax.scatter([x - 0.1] * len(ratios), ratios, color="#08519c", s=14, label="rounds (wall)" if x == 0 else None)
+        ax.scatter(
+            [x + 0.1] * len(cpu_ratios),
+            cpu_ratios,
+            color="#d95f0e",
+            marker="x",
+            s=18,
+            label="rounds (CPU)" if x == 0 else None,
+        )
+        if name in targets:
+            ax.hlines(targets[name], x - 0.35, x + 0.35, colors="k", linestyles="--", label="target" if x == 0 else None)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("env steps/s relative to SB3 DQN")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -80,6 +119,8 @@ def main() -> None:
     section = "atari" if "NoFrameskip" in args.env else args.env
     rates: dict[str, list[float]] = {name: [] for name in args.classes}
     ratios: dict[str, list[float]] = {name: [] for name in args.classes}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in args.classes}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in args.classes}
     load_start = os.getloadavg()
     for round_index in range(args.rounds):
         order = list(args.classes)
@@ -88,11 +129,15 @@ def main() -> None:
             name: steps_per_second(CLASSES[name], args.env, section, args.steps, args.device, round_index) for name in order
         }
         for name in args.classes:
-            rates[name].append(round_rates[name])
+            rates[name].append(round_rates[name][0])
+            cpu_rates[name].append(round_rates[name][1])
             if "DQN" in round_rates:
-                ratios[name].append(round_rates[name] / round_rates["DQN"])
+                ratios[name].append(round_rates[name][0] / round_rates["DQN"][0])
+                cpu_ratios[name].append(round_rates[name][1] / round_rates["DQN"][1])
         print(
-            f"round {round_index + 1}/{args.rounds}: " + ", ".join(f"{n} {r:.0f}" for n, r in round_rates.items()) + " steps/s"
+            f"round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {r:.0f} (cpu {c:.0f})" for n, (r, c) in round_rates.items())
+            + " steps/s"
         )
 
     summary = {
@@ -101,8 +146,25 @@ def main() -> None:
             "median_ratio_to_dqn": statistics.median(ratios[name]) if ratios[name] else None,
             "steps_per_s": rates[name],
             "ratios_to_dqn": ratios[name],
+            "median_cpu_steps_per_s": statistics.median(cpu_rates[name]),
+            "median_cpu_ratio_to_dqn": statistics.median(cpu_ratios[name]) if cpu_ratios[name] else None,
+            "cpu_steps_per_s": cpu_rates[name],
+            "cpu_ratios_to_dqn": cpu_ratios[name],
         }
         for name in args.classes
+    }
+    # On a GPU the target is DQN's speed for every class
+    targets = CPU_TARGETS if args.device == "cpu" else dict.fromkeys(CPU_TARGETS, 1.0)
+    target_check = {
+        name: {
+            "target_ratio": target,
+            "median_ratio": summary[name]["median_ratio_to_dqn"],
+            "met": summary[name]["median_ratio_to_dqn"] >= target,
+            "median_cpu_ratio": summary[name]["median_cpu_ratio_to_dqn"],
+            "cpu_met": summary[name]["median_cpu_ratio_to_dqn"] >= target,
+        }
+        for name, target in targets.items()
+        if name in summary and summary[name]["median_ratio_to_dqn"] is not None
     }
     device_name = th.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     result: dict[str, Any] = {
@@ -124,6 +186,7 @@ def main() -> None:
             "numpy": np.__version__,
         },
         "summary": summary,
+        "targets": target_check,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     tag = args.env.split("NoFrameskip")[0].lower().replace("-v1", "") + (
@@ -131,10 +194,15 @@ def main() -> None:
     )
     path = args.results_dir / f"throughput_{tag}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    plot_path = path.with_suffix(".png")
+    title = f"{args.env} (zoo '{section}' settings), {args.device}, {args.rounds} rounds of {args.steps} steps"
+    plot(summary, targets, title, plot_path)
     for name in args.classes:
-        ratio = summary[name]["median_ratio_to_dqn"]
-        print(f"{name:15s} {summary[name]['median_steps_per_s']:7.0f} steps/s  ratio to DQN {ratio:.3f}")
-    print(f"results written to {path}")
+        ratio, cpu_ratio = summary[name]["median_ratio_to_dqn"], summary[name]["median_cpu_ratio_to_dqn"]
+        steps_per_s = summary[name]["median_steps_per_s"]
+        print(f"{name:15s} {steps_per_s:7.0f} steps/s  ratio to DQN {ratio:.3f} (CPU time {cpu_ratio:.3f})")
+    print(f"targets: {json.dumps(target_check)}")
+    print(f"results written to {path} and {plot_path}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """
-Smoke test of ``benchmarks/per_sampling.py``: tiny settings in a subprocess, as a user runs it.
+Smoke tests of ``benchmarks/per_sampling.py`` and ``benchmarks/throughput.py``: tiny settings in a subprocess,
+as a user runs them.
 
 A peer that is not installed (extra ``bench``) is skipped by the script itself and reported as such in its JSON.
 Only cpprb among the peers: setting up Tianshou's buffer compiles its numba segment tree (10-20 s on a 2-core
@@ -36,3 +37,22 @@ def test_per_sampling_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
     assert all(result["median_us"] > 0 and result["capacity"] == 1000 and result["batch_size"] == 32 for result in results)
     uniform = next(result for result in results if result["contender"] == "sb3_uniform")
     assert uniform["ratio_to_uniform"] == 1.0
+
+
+def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "throughput.py"
+    command = [sys.executable, str(script), "--steps", "300", "--rounds", "1", "--classes", "DQN", "PrioritizedDQN"]
+    result = subprocess.run([*command, "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "throughput_cartpole.json").read_text())
+    assert (tmp_path / "throughput_cartpole.png").stat().st_size > 0
+    assert report["rounds"] == 1 and report["timed_steps_per_run"] == 300
+    summary = report["summary"]
+    assert set(summary) == {"DQN", "PrioritizedDQN"}
+    assert summary["DQN"]["ratios_to_dqn"] == summary["DQN"]["cpu_ratios_to_dqn"] == [1.0]
+    ratio = summary["PrioritizedDQN"]["steps_per_s"][0] / summary["DQN"]["steps_per_s"][0]
+    assert summary["PrioritizedDQN"]["ratios_to_dqn"] == [ratio]
+    # Only the classes that ran are checked against their targets
+    assert set(report["targets"]) == {"PrioritizedDQN"}
+    assert report["targets"]["PrioritizedDQN"]["target_ratio"] == 0.9
+    assert report["targets"]["PrioritizedDQN"]["met"] == (ratio >= 0.9)
