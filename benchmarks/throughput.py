@@ -2,9 +2,13 @@
 Training throughput of DoubleDQN, DuelingDQN and PrioritizedDQN against SB3's DQN, as ratios.
 
 Same configuration for every class (rl-zoo3's DQN settings for the environment, the dueling network only where
-the class brings it), interleaved in one process: each round trains every class once for the same number of
-steps, in a shuffled order, so that machine noise hits all alike. Reported: per class, the median env-steps/s
-over rounds and the median over rounds of the per-round ratio to DQN, in wall-clock time and in process CPU time
+the class brings it), interleaved in one process: each round builds one model per class (same seed), fills its
+buffer untimed (``learning_starts``), then trains all of them slice by slice, ``--slice-steps`` environment steps
+per class in a shuffled order, until each has run ``--steps`` timed steps, so that machine noise (strong and slow
+on a shared VM: whole runs of the same class and seed varied by 1.5x here) hits all alike. Each slice is a
+``learn(slice_steps, reset_num_timesteps=False)`` call, so the exploration, beta and learning-rate schedules sit
+near their final values, the same for every class. Reported: per class, the median env-steps/s over rounds and
+the median over rounds of the per-round ratio to DQN (summed slice times), in wall-clock time and in process CPU time
 (which leaves out the time spent waiting for a core on a shared machine), checked against the targets
 (DoubleDQN >= 0.98x, DuelingDQN >= 0.95x, PrioritizedDQN >= 0.90x of DQN); JSON and a PNG plot of the per-round
 ratios go to ``benchmarks/results/throughput_<env>[_<device>].{json,png}``.
@@ -55,20 +59,25 @@ def make_env(env_id: str, seed: int) -> VecEnv:
     return make_vec_env(env_id, n_envs=1, seed=seed)
 
 
-def steps_per_second(cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int) -> tuple[float, float]:
-    """Timed ``learn()`` of ``steps`` environment steps after the untimed warm-up: (wall, CPU) steps per second."""
+def make_model(cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int) -> DQN:
+    """A model with the zoo settings of ``section``, its buffer filled up to ``learning_starts`` (untimed)."""
     policy, _, kwargs = load_section(zoo_dqn_file(), section)
     # Training starts after learning_starts: time only the part where gradient steps happen
     kwargs["learning_starts"] = min(kwargs.get("learning_starts", 100), steps // 10)
     model = cls(policy, make_env(env_id, seed), device=device, seed=seed, **kwargs)
-    model.learn(total_timesteps=kwargs["learning_starts"])  # fill the buffer, untimed
+    model.learn(total_timesteps=kwargs["learning_starts"])
+    return model
+
+
+def timed_slice(model: DQN, steps: int, device: str) -> tuple[float, float]:
+    """Train ``model`` for ``steps`` more environment steps: (wall, CPU) seconds."""
     if device.startswith("cuda"):
         th.cuda.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=steps, reset_num_timesteps=False)
     if device.startswith("cuda"):
         th.cuda.synchronize()
-    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu_start)
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def plot(summary: dict[str, Any], targets: dict[str, float], title: str, path: Path) -> None:
@@ -107,8 +116,9 @@ def plot(summary: dict[str, Any], targets: dict[str, float], title: str, path: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--steps", type=int, default=6000, help="timed environment steps per run")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4096, help="timed environment steps per class and round")
+    parser.add_argument("--slice-steps", type=int, default=512, help="environment steps per class between switches")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (fresh models, seed = round index)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
@@ -122,21 +132,31 @@ def main() -> None:
     cpu_rates: dict[str, list[float]] = {name: [] for name in args.classes}
     cpu_ratios: dict[str, list[float]] = {name: [] for name in args.classes}
     load_start = os.getloadavg()
+    n_slices = -(-args.steps // args.slice_steps)
+    timed_steps = n_slices * args.slice_steps
     for round_index in range(args.rounds):
-        order = list(args.classes)
-        random.Random(round_index).shuffle(order)
-        round_rates = {
-            name: steps_per_second(CLASSES[name], args.env, section, args.steps, args.device, round_index) for name in order
+        models = {
+            name: make_model(CLASSES[name], args.env, section, timed_steps, args.device, round_index) for name in args.classes
         }
+        wall = dict.fromkeys(args.classes, 0.0)
+        cpu = dict.fromkeys(args.classes, 0.0)
+        for slice_index in range(n_slices):
+            order = list(args.classes)
+            random.Random(round_index * 100_003 + slice_index).shuffle(order)
+            for name in order:
+                slice_wall, slice_cpu = timed_slice(models[name], args.slice_steps, args.device)
+                wall[name] += slice_wall
+                cpu[name] += slice_cpu
+        del models
         for name in args.classes:
-            rates[name].append(round_rates[name][0])
-            cpu_rates[name].append(round_rates[name][1])
-            if "DQN" in round_rates:
-                ratios[name].append(round_rates[name][0] / round_rates["DQN"][0])
-                cpu_ratios[name].append(round_rates[name][1] / round_rates["DQN"][1])
+            rates[name].append(timed_steps / wall[name])
+            cpu_rates[name].append(timed_steps / cpu[name])
+            if "DQN" in wall:
+                ratios[name].append(wall["DQN"] / wall[name])
+                cpu_ratios[name].append(cpu["DQN"] / cpu[name])
         print(
             f"round {round_index + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {r:.0f} (cpu {c:.0f})" for n, (r, c) in round_rates.items())
+            + ", ".join(f"{n} {timed_steps / wall[n]:.0f} (cpu {timed_steps / cpu[n]:.0f})" for n in args.classes)
             + " steps/s"
         )
 
@@ -172,7 +192,8 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("classes", "results_dir")),
         "env": args.env,
         "zoo_section": section,
-        "timed_steps_per_run": args.steps,
+        "timed_steps_per_run": timed_steps,
+        "slice_steps": args.slice_steps,
         "rounds": args.rounds,
         "device": args.device,
         "device_name": device_name,
@@ -195,7 +216,7 @@ def main() -> None:
     path = args.results_dir / f"throughput_{tag}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     plot_path = path.with_suffix(".png")
-    title = f"{args.env} (zoo '{section}' settings), {args.device}, {args.rounds} rounds of {args.steps} steps"
+    title = f"{args.env} (zoo '{section}' settings), {args.device}, {args.rounds} rounds of {timed_steps} steps per class"
     plot(summary, targets, title, plot_path)
     for name in args.classes:
         ratio, cpu_ratio = summary[name]["median_ratio_to_dqn"], summary[name]["median_cpu_ratio_to_dqn"]

@@ -43,10 +43,18 @@ class SumTree:
     which would accumulate float64 rounding error), and only the ancestors of the changed leaves are.
 
     Timings (median of ``query`` + ``update`` of a batch, on one core of a loaded 2-vCPU VM where
-    ``a + a`` on 32 floats took 1.5 us, so about 100 such numpy calls): with 1e6 leaves and a batch of 32,
-    145 us for ``branching=32`` (16: 149, 64: 175, 8: 174, 2: 345); 228 us for a plain 32-ary tree
-    (``max_root_children=1``), 198 us when prefix sums are not stored either (the query cumulates the
-    children of every node it visits). With a batch of 256: 580 us for ``branching=32`` (16: 532).
+    ``a + a`` on 32 floats took 1.5 us, so about 100 such numpy calls), first layouts: with 1e6 leaves and a
+    batch of 32, 145 us for ``branching=32`` (16: 149, 64: 175, 8: 174, 2: 345); 228 us for a plain 32-ary
+    tree (``max_root_children=1``), 198 us when prefix sums are not stored either (the query cumulates the
+    children of every node it visits). With a batch of 256: 580 us for ``branching=32`` (16: 532). The hot
+    paths then lost most of their numpy calls (array methods and ufuncs instead of ``np.take``/``np.cumsum``,
+    whose dispatch costs 2-3 us each; +inf closing each stored prefix row so that a level is one comparison
+    and one ``argmin``; leaf values returned by the query; the minimum cached): 42 us for ``query`` and 51 us
+    for ``update`` at 1e6 / 32 (``benchmarks/per_sampling.py --breakdown``, an idle machine).
+
+    ``update(..., defer=True)`` writes leaves at once and recomputes their ancestors at the next read or
+    non-deferred update, in one batch: a replay buffer adds one transition per environment step, and with
+    ``train_freq=256`` the 256 single-leaf updates between two training calls become one.
 
     :param capacity: Number of leaves
     :param branching: Number of children of each node below the root (at least 2)

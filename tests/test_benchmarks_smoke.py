@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "per_sampling.py"
 
 
@@ -41,17 +43,29 @@ def test_per_sampling_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
 
 def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
     script = SCRIPT.parent / "throughput.py"
-    command = [sys.executable, str(script), "--steps", "300", "--rounds", "1", "--classes", "DQN", "PrioritizedDQN"]
+    command = [
+        sys.executable,
+        str(script),
+        "--steps",
+        "300",
+        "--slice-steps",
+        "150",
+        "--rounds",
+        "1",
+        "--classes",
+        "DQN",
+        "PrioritizedDQN",
+    ]
     result = subprocess.run([*command, "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "throughput_cartpole.json").read_text())
     assert (tmp_path / "throughput_cartpole.png").stat().st_size > 0
-    assert report["rounds"] == 1 and report["timed_steps_per_run"] == 300
+    assert report["rounds"] == 1 and report["timed_steps_per_run"] == 300 and report["slice_steps"] == 150
     summary = report["summary"]
     assert set(summary) == {"DQN", "PrioritizedDQN"}
     assert summary["DQN"]["ratios_to_dqn"] == summary["DQN"]["cpu_ratios_to_dqn"] == [1.0]
     ratio = summary["PrioritizedDQN"]["steps_per_s"][0] / summary["DQN"]["steps_per_s"][0]
-    assert summary["PrioritizedDQN"]["ratios_to_dqn"] == [ratio]
+    assert summary["PrioritizedDQN"]["ratios_to_dqn"] == [pytest.approx(ratio, rel=1e-12)]
     # Only the classes that ran are checked against their targets
     assert set(report["targets"]) == {"PrioritizedDQN"}
     assert report["targets"]["PrioritizedDQN"]["target_ratio"] == 0.9
