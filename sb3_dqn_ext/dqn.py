@@ -49,6 +49,9 @@ class BaseDQN(DQN):
     """
 
     def _setup_model(self) -> None:
+        # TD errors and importance weights of the current train() call's batches, for the logs (prioritized replay)
+        self._td_error_batches: list[np.ndarray] = []
+        self._is_weight_batches: list[th.Tensor] = []
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1] (1 for hard target updates), got {self.tau}")
         if self.replay_buffer_class is not None and issubclass(
@@ -85,6 +88,10 @@ class BaseDQN(DQN):
                 raise ValueError(
                     f"replay_buffer_kwargs[{key!r}]={given} contradicts the model's {key}={value}: set it in one place"
                 )
+
+    def _excluded_save_params(self) -> list[str]:
+        # Per-call scratch lists of train(), rebuilt by _setup_model()
+        return [*super()._excluded_save_params(), "_td_error_batches", "_is_weight_batches"]
 
     def _next_q_values(self, next_observations: th.Tensor) -> th.Tensor:
         """
@@ -123,8 +130,9 @@ class BaseDQN(DQN):
         # without gradient, and the importance-sampling weights scale each sample's Huber loss
         td_errors = (target_q_values - current_q_values).detach().cpu().numpy()  # (batch_size, 1)
         self.replay_buffer.update_priorities(replay_data.indices, td_errors)  # type: ignore[union-attr]
-        self.logger.record_mean("train/td_error_mean", float(np.abs(td_errors).mean()))
-        self.logger.record_mean("train/is_weight_mean", replay_data.weights.mean().item())
+        # Logged once per train() call (see train()): keep the batches, no host sync or reduction here
+        self._td_error_batches.append(td_errors)
+        self._is_weight_batches.append(replay_data.weights)
         elementwise_loss = F.smooth_l1_loss(current_q_values, target_q_values, reduction="none")  # (batch_size, 1)
         return (replay_data.weights * elementwise_loss).mean()
 
@@ -137,6 +145,7 @@ class BaseDQN(DQN):
         if prioritized:
             # beta follows the training progress, like the learning rate and the exploration rate
             self.replay_buffer.progress_remaining = self._current_progress_remaining  # type: ignore[union-attr]
+        self._td_error_batches, self._is_weight_batches = [], []
 
         # The parameters whose gradient norm is clipped, as SB3 passes them (self.policy.parameters()), listed
         # once per call: walking the module tree at every gradient step costs more than the clipping itself
@@ -178,6 +187,12 @@ class BaseDQN(DQN):
             self.logger.record("train/loss", th.stack(losses).mean().item())
         else:  # same as SB3 (np.mean of an empty list) without the RuntimeWarning
             self.logger.record("train/loss", np.nan)
+        if self._td_error_batches:
+            # Means over the gradient steps of this call (equal batch sizes: the mean of the per-step means);
+            # record_mean then averages the calls until the next dump
+            self.logger.record_mean("train/td_error_mean", float(np.abs(np.concatenate(self._td_error_batches)).mean()))
+            self.logger.record_mean("train/is_weight_mean", th.cat(self._is_weight_batches).mean().item())
+        self._td_error_batches, self._is_weight_batches = [], []
         if prioritized:
             self.logger.record("train/beta", self.replay_buffer.beta)  # type: ignore[union-attr]
             self.logger.record("train/priority_max", self.replay_buffer.max_priority)  # type: ignore[union-attr]

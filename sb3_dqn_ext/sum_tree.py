@@ -17,6 +17,7 @@ _NO_MIN = np.uint64(2**64 - 1)
 # Bits of +inf: non-negative float64 below it (finite, not NaN, not -0.0) have smaller bits
 _INF_BITS = np.float64(np.inf).view(np.uint64)
 _ONE = np.uint64(1)
+_INTP = np.dtype(np.intp)
 # Deferred updates kept before their ancestors are recomputed anyway (bounds the pending list)
 _MAX_PENDING = 1024
 
@@ -176,18 +177,20 @@ class SumTree:
         """
         indices = np.asarray(indices)
         dtype = indices.dtype
-        if dtype.kind not in "iu":
-            raise IndexError(f"leaf indices must be integers, got dtype {dtype}")
         flat = indices.reshape(-1)
         # Viewed as unsigned, negative indices are huge: one reduction checks both bounds
-        if dtype == np.intp:
+        if dtype is _INTP:  # the common case, tested first (builtin dtypes are singletons)
             unsigned = flat.view(np.uintp)
+        elif dtype.kind == "u":
+            unsigned = flat
+        elif dtype.kind == "i":
+            unsigned = flat.view(dtype.str.replace("i", "u"))
         else:
-            unsigned = flat if dtype.kind == "u" else flat.view(dtype.str.replace("i", "u"))
+            raise IndexError(f"leaf indices must be integers, got dtype {dtype}")
         if flat.size > 0 and unsigned.max() >= self.capacity:
             bad = flat[(flat < 0) | (flat >= self.capacity)][0]
             raise IndexError(f"leaf index {int(bad)} is out of range [0, {self.capacity})")
-        return flat if dtype == np.intp else flat.astype(np.intp)
+        return flat if dtype is _INTP else flat.astype(np.intp)
 
     def update(self, indices: np.ndarray, values: np.ndarray | float, *, defer: bool = False) -> None:
         """

@@ -962,3 +962,41 @@ def test_train_logs_updates_priorities_with_td_errors_and_weights_the_huber_loss
     assert logged["train/td_error_mean"] == pytest.approx(float(x.mean()), rel=1e-5)
     assert logged["train/priority_max"] == buffer.max_priority
     assert buffer.max_priority >= float(x.max()) + 1e-6 - 1e-9
+
+
+def test_logged_means_cover_every_gradient_step_of_a_call_and_every_call_until_the_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = PrioritizedDQN("MlpPolicy", "CartPole-v1", seed=0, **TINY)
+    model.learn(200)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, PrioritizedReplayBuffer)
+    filled = buffer.pos * buffer.n_envs
+    buffer.update_priorities(np.arange(filled), np.random.default_rng(1).exponential(2.0, size=filled))
+    weights: list[np.ndarray] = []
+    td_errors: list[np.ndarray] = []
+    original_sample, original_update = buffer.sample, buffer.update_priorities
+
+    def recording_sample(batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:
+        batch = original_sample(batch_size, env=env)
+        weights.append(batch.weights.numpy().astype(np.float64).reshape(-1))
+        return batch
+
+    def recording_update(indices: np.ndarray, errors: Any) -> None:
+        td_errors.append(np.abs(np.asarray(errors, dtype=np.float64)).reshape(-1))
+        original_update(indices, errors)
+
+    monkeypatch.setattr(buffer, "sample", recording_sample)
+    monkeypatch.setattr(buffer, "update_priorities", recording_update)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    # Two calls of 3 gradient steps: the logged means are over the 6 batches (equal sizes), as record_mean per step
+    model.train(gradient_steps=3, batch_size=16)
+    model.train(gradient_steps=3, batch_size=16)
+    assert len(weights) == len(td_errors) == 6
+    assert len({float(w.mean()) for w in weights}) > 1  # different batches, different means
+    logged = model.logger.name_to_value
+    assert logged["train/is_weight_mean"] == pytest.approx(float(np.concatenate(weights).mean()), rel=1e-6)
+    assert logged["train/td_error_mean"] == pytest.approx(float(np.concatenate(td_errors).mean()), rel=1e-6)
+    # Nothing is kept between calls, nor saved with the model
+    assert model._td_error_batches == [] and model._is_weight_batches == []
+    assert "_td_error_batches" in model._excluded_save_params()
