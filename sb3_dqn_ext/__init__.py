@@ -1,6 +1,6 @@
 """Double DQN, Dueling DQN and prioritized experience replay for Stable-Baselines3."""
 
-from sb3_dqn_ext.buffers import DictPrioritizedReplayBuffer, PrioritizedReplayBuffer
+from sb3_dqn_ext.buffers import DictPrioritizedReplayBuffer, PrioritizedReplayBuffer, UniformReplayBuffer
 from sb3_dqn_ext.double_dqn import DoubleDQN
 from sb3_dqn_ext.dueling_dqn import DuelingDQN
 from sb3_dqn_ext.policies import DuelingCnnPolicy, DuelingDQNPolicy, DuelingMlpPolicy, DuelingMultiInputPolicy
@@ -17,5 +17,6 @@ __all__ = [
     "DuelingMultiInputPolicy",
     "PrioritizedDQN",
     "PrioritizedReplayBuffer",
+    "UniformReplayBuffer",
     "__version__",
 ]

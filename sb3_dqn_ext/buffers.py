@@ -6,8 +6,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
-from stable_baselines3.common.type_aliases import TensorDict
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples, TensorDict
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -38,6 +38,97 @@ class DictPrioritizedReplayBufferSamples(NamedTuple):
     discounts: th.Tensor | None
     weights: th.Tensor
     indices: np.ndarray
+
+
+class _AsTensor:
+    """Tensor conversion without SB3's defensive copy, for arrays that no one else holds."""
+
+    device: th.device  # provided by the SB3 buffer this class is mixed into
+
+    def _as_tensor(self, array: np.ndarray) -> th.Tensor:
+        """
+        ``to_torch(array, copy=False)`` for an array owned by nobody else: on the CPU, ``th.from_numpy`` (the same
+        shared-memory tensor, without the dispatch cost of ``th.as_tensor(array, device=...)``); elsewhere SB3's
+        ``to_torch``, which copies to the device.
+        """
+        if self.device.type == "cpu":
+            return th.from_numpy(array)
+        return self.to_torch(array, copy=False)  # type: ignore[attr-defined]
+
+
+class _FlatGather(_AsTensor):
+    """
+    One-step gather with one index per storage array, shared by the uniform and the prioritized buffers.
+
+    The storage arrays have shape ``(buffer_size, n_envs, ...)``: reshaped to ``(buffer_size * n_envs, ...)``
+    (a view), row ``pos * n_envs + env`` is slot ``(pos, env)`` (the leaf index of the prioritized buffers), so one
+    index array gathers a batch from each array, instead of the pair of index arrays SB3's buffers use. Every
+    array turned into a tensor is a fresh result of fancy indexing or arithmetic, owned by nobody else: no copy is
+    needed (SB3's ``to_torch`` copies by default).
+    """
+
+    # Provided by the SB3 buffer this class is mixed into
+    buffer_size: int
+    n_envs: int
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    observations: np.ndarray
+    next_observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    timeouts: np.ndarray
+
+    def _gather_one_step(
+        self, slots: np.ndarray, env: VecNormalize | None, next_obs_slots: np.ndarray | None = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """
+        The fields of SB3's ``ReplayBuffer._get_samples`` (one step) for the given slots, same values.
+
+        :param slots: Flat slot indices ``pos * n_envs + env``
+        :param env: associated VecNormalize env
+        :param next_obs_slots: Slots of ``observations`` holding the next observations (``optimize_memory_usage``);
+            ``None``: ``next_observations`` at ``slots``
+        :return: observations, actions, next observations, dones (terminations only), rewards
+        """
+        n_slots = self.buffer_size * self.n_envs
+        normalize_obs = self._normalize_obs  # type: ignore[attr-defined]
+        observations = self.observations.reshape(n_slots, *self.obs_shape)
+        obs = normalize_obs(observations[slots], env)
+        if next_obs_slots is None:
+            next_obs = normalize_obs(self.next_observations.reshape(n_slots, *self.obs_shape)[slots], env)
+        else:
+            next_obs = normalize_obs(observations[next_obs_slots], env)
+        # Only use dones that are not due to timeouts
+        dones = self.dones.reshape(n_slots, 1)[slots] * (1 - self.timeouts.reshape(n_slots, 1)[slots])
+        rewards = self._normalize_reward(self.rewards.reshape(n_slots, 1)[slots], env)  # type: ignore[attr-defined]
+        return (
+            self._as_tensor(obs),
+            self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[slots]),
+            self._as_tensor(next_obs),
+            self._as_tensor(dones),
+            self._as_tensor(rewards),
+        )
+
+
+class UniformReplayBuffer(_FlatGather, ReplayBuffer):
+    """
+    SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer`, gathering its samples faster.
+
+    Sampling is SB3's (the same random draws: positions, then env indices), and so are the samples: same values,
+    dtypes and shapes, for the same random state (tested field by field, ``optimize_memory_usage`` and
+    ``VecNormalize`` included). Only the gather differs: one flat index per storage array instead of a pair of
+    index arrays, and no second copy when the tensors stay on the CPU. The models of this package use it where
+    SB3 would use ``ReplayBuffer`` (no ``replay_buffer_class``, ``n_steps=1``, observations that are not a ``Dict``).
+    """
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        # Sample randomly the env idx, as ReplayBuffer._get_samples
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        next_obs_slots = None
+        if self.optimize_memory_usage:
+            next_obs_slots = ((batch_inds + 1) % self.buffer_size) * self.n_envs + env_indices
+        return ReplayBufferSamples(*self._gather_one_step(batch_inds * self.n_envs + env_indices, env, next_obs_slots))
 
 
 class _PrioritizedSampling:
@@ -166,18 +257,8 @@ class _PrioritizedSampling:
         self.tree._update(leaves, np.power(priorities, self.alpha, out=priorities))
         self.max_priority = max(self.max_priority, max_priority)
 
-    def _as_tensor(self, array: np.ndarray) -> th.Tensor:
-        """
-        ``to_torch(array, copy=False)``, for arrays owned by nobody else (fresh results of fancy indexing or
-        arithmetic): on the CPU, ``th.from_numpy`` (the same shared-memory tensor, without the dispatch cost of
-        ``th.as_tensor(array, device=...)``); elsewhere SB3's ``to_torch``, which copies to the device.
-        """
-        if self.device.type == "cpu":  # type: ignore[attr-defined]  # the SB3 buffer's th.device
-            return th.from_numpy(array)
-        return self.to_torch(array, copy=False)  # type: ignore[attr-defined]
 
-
-class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
+class PrioritizedReplayBuffer(_PrioritizedSampling, _FlatGather, NStepReplayBuffer):
     """
     Replay buffer with proportional prioritized sampling and importance-sampling weights.
 
@@ -274,27 +355,20 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
             return self._get_one_step_samples(batch_inds * self.n_envs + env_indices, env, None)
         return self._get_n_step_samples(batch_inds, env_indices, env, None)
 
-    # The storage arrays have shape (buffer_size, n_envs, ...): reshaped to (buffer_size * n_envs, ...) (a view),
-    # row ``pos * n_envs + env`` is the slot of leaf ``pos * n_envs + env``, so one index array gathers a batch.
-    # Every array turned into a tensor below is a fresh result of fancy indexing or arithmetic, owned by nobody
-    # else: no copy is needed (SB3's ``to_torch`` copies by default).
+    # One step: the flat gather of _FlatGather, the leaf index being the slot index. n steps: SB3's computation.
+    # Every array turned into a tensor is a fresh result of fancy indexing or arithmetic: no copy is needed.
 
     def _get_one_step_samples(
         self, leaves: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
     ) -> PrioritizedReplayBufferSamples:
         # As ReplayBuffer._get_samples: discounts are None, the model uses gamma
-        n_slots = self.buffer_size * self.n_envs
-        # _normalize_obs is typed for dict observations too; this buffer only holds arrays
-        obs = self._normalize_obs(self.observations.reshape(n_slots, *self.obs_shape)[leaves], env)
-        next_obs = self._normalize_obs(self.next_observations.reshape(n_slots, *self.obs_shape)[leaves], env)
-        # Only use dones that are not due to timeouts
-        dones = self.dones.reshape(n_slots, 1)[leaves] * (1 - self.timeouts.reshape(n_slots, 1)[leaves])
+        observations, actions, next_observations, dones, rewards = self._gather_one_step(leaves, env)
         return PrioritizedReplayBufferSamples(
-            observations=self._as_tensor(obs),  # type: ignore[arg-type]
-            actions=self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[leaves]),
-            next_observations=self._as_tensor(next_obs),  # type: ignore[arg-type]
-            dones=self._as_tensor(dones),
-            rewards=self._as_tensor(self._normalize_reward(self.rewards.reshape(n_slots, 1)[leaves], env)),
+            observations=observations,
+            actions=actions,
+            next_observations=next_observations,
+            dones=dones,
+            rewards=rewards,
             discounts=None,
             weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
             indices=leaves,
@@ -346,7 +420,7 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, NStepReplayBuffer):
         )
 
 
-class DictPrioritizedReplayBuffer(_PrioritizedSampling, DictReplayBuffer):
+class DictPrioritizedReplayBuffer(_PrioritizedSampling, _AsTensor, DictReplayBuffer):
     """
     Prioritized replay buffer for ``Dict`` observations (one-step, like SB3's ``DictReplayBuffer``).
 

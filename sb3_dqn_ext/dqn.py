@@ -14,6 +14,7 @@ from sb3_dqn_ext.buffers import (
     DictPrioritizedReplayBufferSamples,
     PrioritizedReplayBuffer,
     PrioritizedReplayBufferSamples,
+    UniformReplayBuffer,
 )
 
 SelfBaseDQN = TypeVar("SelfBaseDQN", bound="BaseDQN")
@@ -44,8 +45,11 @@ class BaseDQN(DQN):
     ``train()`` instead of once per gradient step (``loss.item()``), so the loop does not wait for the
     device after every step. The parameters are unchanged by this; only the logged mean loss is computed
     in float32 on the device instead of float64 on the host. The parameters whose gradient norm is clipped are
-    listed once per call instead of once per gradient step (the same parameters). ``tau`` is checked to lie in ``(0, 1]``
-    (``tau=0`` would silently freeze the target network). ``learn()`` names TensorBoard runs after the class.
+    listed once per call instead of once per gradient step (the same parameters). Where SB3 would build a
+    ``ReplayBuffer`` (no ``replay_buffer_class``, ``n_steps=1``, no ``Dict`` observations), the buffer is a
+    :class:`~sb3_dqn_ext.buffers.UniformReplayBuffer`: SB3's, with a faster gather of the same samples. ``tau`` is
+    checked to lie in ``(0, 1]`` (``tau=0`` would silently freeze the target network). ``learn()`` names
+    TensorBoard runs after the class.
     """
 
     def _setup_model(self) -> None:
@@ -54,6 +58,9 @@ class BaseDQN(DQN):
         self._is_weight_batches: list[th.Tensor] = []
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1] (1 for hard target updates), got {self.tau}")
+        if self.replay_buffer_class is None and self.n_steps == 1 and not isinstance(self.observation_space, spaces.Dict):
+            # Where SB3 would build a ReplayBuffer: the same buffer, with a faster gather (same samples)
+            self.replay_buffer_class = UniformReplayBuffer
         if self.replay_buffer_class is not None and issubclass(
             self.replay_buffer_class, (PrioritizedReplayBuffer, DictPrioritizedReplayBuffer)
         ):

@@ -30,7 +30,7 @@ from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_dqn_ext import DictPrioritizedReplayBuffer, DoubleDQN, PrioritizedDQN, PrioritizedReplayBuffer
+from sb3_dqn_ext import DictPrioritizedReplayBuffer, DoubleDQN, PrioritizedDQN, PrioritizedReplayBuffer, UniformReplayBuffer
 from sb3_dqn_ext.buffers import DictPrioritizedReplayBufferSamples, PrioritizedReplayBufferSamples
 from sb3_dqn_ext.sum_tree import SumTree
 
@@ -1000,3 +1000,68 @@ def test_logged_means_cover_every_gradient_step_of_a_call_and_every_call_until_t
     # Nothing is kept between calls, nor saved with the model
     assert model._td_error_batches == [] and model._is_weight_batches == []
     assert "_td_error_batches" in model._excluded_save_params()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 9. UniformReplayBuffer: SB3's ReplayBuffer with a faster gather
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("optimize_memory_usage", [False, True])
+@pytest.mark.parametrize("handle_timeout_termination", [True, False])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("n_added", [7, 30])  # not full, full and wrapped around
+def test_uniform_buffer_samples_exactly_what_sb3_replay_buffer_samples(
+    n_envs: int, optimize_memory_usage: bool, handle_timeout_termination: bool, normalize: bool, n_added: int
+) -> None:
+    if optimize_memory_usage and handle_timeout_termination:
+        # SB3 refuses the combination (and so does the subclass, through SB3's constructor)
+        with pytest.raises(ValueError, match="optimize_memory_usage"):
+            UniformReplayBuffer(12, spaces.Box(-1, 1, (4,)), spaces.Discrete(2), optimize_memory_usage=True)
+        return
+    venv = make_vec_normalize(n_envs)
+    kwargs: dict[str, Any] = dict(
+        device="cpu",
+        n_envs=n_envs,
+        optimize_memory_usage=optimize_memory_usage,
+        handle_timeout_termination=handle_timeout_termination,
+    )
+    reference = ReplayBuffer(12, venv.observation_space, venv.action_space, **kwargs)
+    buffer = UniformReplayBuffer(12, venv.observation_space, venv.action_space, **kwargs)
+    rng = np.random.default_rng(n_added)
+    for _ in range(n_added):
+        step = random_step(rng, n_envs, p_done=0.3)
+        obs = rng.uniform(-3, 3, size=(n_envs, 4)).astype(np.float32)
+        next_obs = rng.uniform(-3, 3, size=(n_envs, 4)).astype(np.float32)
+        for target in (reference, buffer):
+            target.add(obs, next_obs, step["action"] % 2, step["reward"], step["done"], step["infos"])
+    env = venv if normalize else None
+    for seed in range(5):
+        np.random.seed(seed)
+        expected = reference.sample(16, env=env)
+        expected_next_draw = np.random.random()
+        np.random.seed(seed)
+        samples = buffer.sample(16, env=env)
+        assert type(samples) is ReplayBufferSamples
+        assert np.random.random() == expected_next_draw  # the same random draws, in the same number
+        for name in ReplayBufferSamples._fields:
+            value, expected_value = getattr(samples, name), getattr(expected, name)
+            if expected_value is None:
+                assert value is None, name
+            else:
+                assert value.dtype == expected_value.dtype and value.shape == expected_value.shape, name
+                assert th.equal(value, expected_value), name
+    # The tensors are copies: writing into them leaves the buffer unchanged
+    observations = buffer.observations.copy()
+    samples.observations.fill_(123.0)
+    np.testing.assert_array_equal(buffer.observations, observations)
+
+
+def test_models_use_the_uniform_buffer_where_sb3_builds_a_replay_buffer() -> None:
+    assert type(DoubleDQN("MlpPolicy", "CartPole-v1", **TINY).replay_buffer) is UniformReplayBuffer
+    assert type(DoubleDQN("MlpPolicy", "CartPole-v1", n_steps=3, **TINY).replay_buffer) is NStepReplayBuffer
+    dict_env = SimpleMultiObsEnv(random_start=False)
+    assert type(DoubleDQN("MultiInputPolicy", dict_env, **TINY).replay_buffer) is DictReplayBuffer
+    given = DoubleDQN("MlpPolicy", "CartPole-v1", replay_buffer_class=ReplayBuffer, **TINY)
+    assert type(given.replay_buffer) is ReplayBuffer
