@@ -188,3 +188,21 @@ def test_policy_names_resolve(
     assert type(model.policy) is expected_policy
     assert isinstance(model.q_net.features_extractor, expected_extractor)
     assert isinstance(model.q_net, DuelingQNetwork) == issubclass(expected_policy, DuelingDQNPolicy)
+
+
+def test_fused_head_gradients_equal_those_of_the_two_stream_formula() -> None:
+    # The fused layer, the aggregation matrix and the lerp rescaling only reorganise the computation: every
+    # parameter gets the gradient of the paper's formula V + A - mean(A), trunk gradient scaled by 1/sqrt(2)
+    th.manual_seed(0)
+    head: Any = DuelingHead(5, 3, [8, 6], nn.ReLU, trunk_gradient_scale=1 / math.sqrt(2))
+    features, weights = th.randn(9, 5), th.randn(9, 3)
+    (head(features) * weights).sum().backward()
+    fused_grads = [parameter.grad.clone() for parameter in head.parameters()]
+    head.zero_grad()
+    latent = head.shared_net(features)
+    latent.register_hook(lambda grad: grad / math.sqrt(2))
+    values = latent @ head.streams.weight[:1].T + head.streams.bias[:1]
+    advantages = latent @ head.streams.weight[1:].T + head.streams.bias[1:]
+    ((values + advantages - advantages.mean(dim=1, keepdim=True)) * weights).sum().backward()
+    for fused_grad, parameter in zip(fused_grads, head.parameters(), strict=True):
+        th.testing.assert_close(fused_grad, parameter.grad)
