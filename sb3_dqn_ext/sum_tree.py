@@ -50,8 +50,9 @@ class SumTree:
     children of every node it visits). With a batch of 256: 580 us for ``branching=32`` (16: 532). The hot
     paths then lost most of their numpy calls (array methods and ufuncs instead of ``np.take``/``np.cumsum``,
     whose dispatch costs 2-3 us each; +inf closing each stored prefix row so that a level is one comparison
-    and one ``argmin``; leaf values returned by the query; the minimum cached): 42 us for ``query`` and 51 us
-    for ``update`` at 1e6 / 32 (``benchmarks/per_sampling.py --breakdown``, an idle machine).
+    and one ``argmin``; leaf values returned by the query; the minimum cached): 42-65 us for ``query`` and
+    51-78 us for ``update`` at 1e6 / 32 (two runs of ``benchmarks/per_sampling.py``'s breakdown, each piece timed
+    alone).
 
     ``update(..., defer=True)`` writes leaves at once and recomputes their ancestors at the next read or
     non-deferred update, in one batch: a replay buffer adds one transition per environment step, and with
