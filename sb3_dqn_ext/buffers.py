@@ -40,10 +40,29 @@ class DictPrioritizedReplayBufferSamples(NamedTuple):
     indices: np.ndarray
 
 
-class _AsTensor:
-    """Tensor conversion without SB3's defensive copy, for arrays that no one else holds."""
+class _FlatGather:
+    """
+    One-step gather with one index per storage array, shared by the uniform and the prioritized buffers.
 
-    device: th.device  # provided by the SB3 buffer this class is mixed into
+    The storage arrays have shape ``(buffer_size, n_envs, ...)``: reshaped to ``(buffer_size * n_envs, ...)``
+    (a view), row ``pos * n_envs + env`` is slot ``(pos, env)`` (the leaf index of the prioritized buffers), so one
+    index array gathers a batch from each array, instead of the pair of index arrays SB3's buffers use. Every
+    array turned into a tensor is a fresh result of fancy indexing or arithmetic, owned by nobody else: no copy is
+    needed (SB3's ``to_torch`` copies by default). Observations are arrays or, in the Dict buffers, dicts of them.
+    """
+
+    # Provided by the SB3 buffer this class is mixed into (observations and their shapes: arrays or dicts)
+    device: th.device
+    buffer_size: int
+    n_envs: int
+    obs_shape: Any
+    action_dim: int
+    observations: Any
+    next_observations: Any
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    timeouts: np.ndarray
 
     def _as_tensor(self, array: np.ndarray) -> th.Tensor:
         """
@@ -55,35 +74,23 @@ class _AsTensor:
             return th.from_numpy(array)
         return self.to_torch(array, copy=False)  # type: ignore[attr-defined]
 
-
-class _FlatGather(_AsTensor):
-    """
-    One-step gather with one index per storage array, shared by the uniform and the prioritized buffers.
-
-    The storage arrays have shape ``(buffer_size, n_envs, ...)``: reshaped to ``(buffer_size * n_envs, ...)``
-    (a view), row ``pos * n_envs + env`` is slot ``(pos, env)`` (the leaf index of the prioritized buffers), so one
-    index array gathers a batch from each array, instead of the pair of index arrays SB3's buffers use. Every
-    array turned into a tensor is a fresh result of fancy indexing or arithmetic, owned by nobody else: no copy is
-    needed (SB3's ``to_torch`` copies by default).
-    """
-
-    # Provided by the SB3 buffer this class is mixed into
-    buffer_size: int
-    n_envs: int
-    obs_shape: tuple[int, ...]
-    action_dim: int
-    observations: np.ndarray
-    next_observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    timeouts: np.ndarray
+    def _gather_observations(
+        self, storage: np.ndarray | dict[str, np.ndarray], slots: np.ndarray, env: VecNormalize | None
+    ) -> th.Tensor | TensorDict:
+        """Observations (an array, or a dict of arrays) at the given slots, normalized, as tensors."""
+        n_slots = self.buffer_size * self.n_envs
+        if isinstance(storage, dict):
+            gathered = {key: array.reshape(n_slots, *self.obs_shape[key])[slots] for key, array in storage.items()}
+            normalized = self._normalize_obs(gathered, env)  # type: ignore[attr-defined]
+            return {key: self._as_tensor(obs) for key, obs in normalized.items()}
+        return self._as_tensor(self._normalize_obs(storage.reshape(n_slots, *self.obs_shape)[slots], env))  # type: ignore[attr-defined]
 
     def _gather_one_step(
         self, slots: np.ndarray, env: VecNormalize | None, next_obs_slots: np.ndarray | None = None
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    ) -> tuple[Any, th.Tensor, Any, th.Tensor, th.Tensor]:
         """
-        The fields of SB3's ``ReplayBuffer._get_samples`` (one step) for the given slots, same values.
+        The fields of SB3's ``ReplayBuffer._get_samples`` / ``DictReplayBuffer._get_samples`` for the given slots,
+        same values.
 
         :param slots: Flat slot indices ``pos * n_envs + env``
         :param env: associated VecNormalize env
@@ -92,20 +99,17 @@ class _FlatGather(_AsTensor):
         :return: observations, actions, next observations, dones (terminations only), rewards
         """
         n_slots = self.buffer_size * self.n_envs
-        normalize_obs = self._normalize_obs  # type: ignore[attr-defined]
-        observations = self.observations.reshape(n_slots, *self.obs_shape)
-        obs = normalize_obs(observations[slots], env)
         if next_obs_slots is None:
-            next_obs = normalize_obs(self.next_observations.reshape(n_slots, *self.obs_shape)[slots], env)
+            next_obs = self._gather_observations(self.next_observations, slots, env)
         else:
-            next_obs = normalize_obs(observations[next_obs_slots], env)
+            next_obs = self._gather_observations(self.observations, next_obs_slots, env)
         # Only use dones that are not due to timeouts
         dones = self.dones.reshape(n_slots, 1)[slots] * (1 - self.timeouts.reshape(n_slots, 1)[slots])
         rewards = self._normalize_reward(self.rewards.reshape(n_slots, 1)[slots], env)  # type: ignore[attr-defined]
         return (
-            self._as_tensor(obs),
+            self._gather_observations(self.observations, slots, env),
             self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[slots]),
-            self._as_tensor(next_obs),
+            next_obs,
             self._as_tensor(dones),
             self._as_tensor(rewards),
         )
@@ -361,18 +365,8 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, _FlatGather, NStepReplayBuff
     def _get_one_step_samples(
         self, leaves: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
     ) -> PrioritizedReplayBufferSamples:
-        # As ReplayBuffer._get_samples: discounts are None, the model uses gamma
-        observations, actions, next_observations, dones, rewards = self._gather_one_step(leaves, env)
-        return PrioritizedReplayBufferSamples(
-            observations=observations,
-            actions=actions,
-            next_observations=next_observations,
-            dones=dones,
-            rewards=rewards,
-            discounts=None,
-            weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
-            indices=leaves,
-        )
+        # As ReplayBuffer._get_samples: discounts are None, the model uses gamma. weights: None from _get_samples()
+        return PrioritizedReplayBufferSamples(*self._gather_one_step(leaves, env), None, weights, leaves)  # type: ignore[arg-type]
 
     def _get_n_step_samples(
         self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
@@ -420,7 +414,7 @@ class PrioritizedReplayBuffer(_PrioritizedSampling, _FlatGather, NStepReplayBuff
         )
 
 
-class DictPrioritizedReplayBuffer(_PrioritizedSampling, _AsTensor, DictReplayBuffer):
+class DictPrioritizedReplayBuffer(_PrioritizedSampling, _FlatGather, DictReplayBuffer):
     """
     Prioritized replay buffer for ``Dict`` observations (one-step, like SB3's ``DictReplayBuffer``).
 
@@ -479,24 +473,5 @@ class DictPrioritizedReplayBuffer(_PrioritizedSampling, _AsTensor, DictReplayBuf
     def _get_flat_samples(
         self, leaves: np.ndarray, env: VecNormalize | None, weights: th.Tensor | None
     ) -> DictPrioritizedReplayBufferSamples:
-        # As PrioritizedReplayBuffer._get_one_step_samples, key by key
-        n_slots = self.buffer_size * self.n_envs
-        obs_ = self._normalize_obs(
-            {key: obs.reshape(n_slots, *self.obs_shape[key])[leaves] for key, obs in self.observations.items()}, env
-        )
-        next_obs_ = self._normalize_obs(
-            {key: obs.reshape(n_slots, *self.obs_shape[key])[leaves] for key, obs in self.next_observations.items()}, env
-        )
-        assert isinstance(obs_, dict) and isinstance(next_obs_, dict)
-        # Only use dones that are not due to timeouts
-        dones = self.dones.reshape(n_slots, 1)[leaves] * (1 - self.timeouts.reshape(n_slots, 1)[leaves])
-        return DictPrioritizedReplayBufferSamples(
-            observations={key: self._as_tensor(obs) for key, obs in obs_.items()},
-            actions=self._as_tensor(self.actions.reshape(n_slots, self.action_dim)[leaves]),
-            next_observations={key: self._as_tensor(obs) for key, obs in next_obs_.items()},
-            dones=self._as_tensor(dones),
-            rewards=self._as_tensor(self._normalize_reward(self.rewards.reshape(n_slots, 1)[leaves], env)),
-            discounts=None,
-            weights=weights,  # type: ignore[arg-type]  # None from _get_samples()
-            indices=leaves,
-        )
+        # As DictReplayBuffer._get_samples (discounts are None). weights: None from _get_samples()
+        return DictPrioritizedReplayBufferSamples(*self._gather_one_step(leaves, env), None, weights, leaves)  # type: ignore[arg-type]
