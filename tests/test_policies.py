@@ -13,7 +13,14 @@ from torch import nn
 
 from sb3_dqn_ext import DoubleDQN, DuelingDQN
 from sb3_dqn_ext.dqn import BaseDQN
-from sb3_dqn_ext.policies import DuelingCnnPolicy, DuelingDQNPolicy, DuelingHead, DuelingMultiInputPolicy, DuelingQNetwork
+from sb3_dqn_ext.policies import (
+    DuelingCnnPolicy,
+    DuelingDQNPolicy,
+    DuelingHead,
+    DuelingMultiInputPolicy,
+    DuelingQNetwork,
+    _train_modules,
+)
 
 
 def _hand_head() -> Any:
@@ -206,3 +213,58 @@ def test_fused_head_gradients_equal_those_of_the_two_stream_formula() -> None:
     ((values + advantages - advantages.mean(dim=1, keepdim=True)) * weights).sum().backward()
     for fused_grad, parameter in zip(fused_grads, head.parameters(), strict=True):
         th.testing.assert_close(fused_grad, parameter.grad)
+
+
+class _FrozenBatchNorm(nn.BatchNorm1d):
+    """A module with its own ``train``: stays in evaluation mode (a common way to freeze batch statistics)."""
+
+    def train(self, mode: bool = True) -> "_FrozenBatchNorm":
+        return super().train(False)
+
+
+class _CountingSetattr(nn.Module):
+    """A module with its own ``__setattr__``, which counts the writes of ``training``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.inner = nn.Dropout(0.5)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "training" and "writes" in self.__dict__:
+            self.__dict__["writes"] += 1
+        super().__setattr__(name, value)
+
+
+def _module_tree() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 4),
+        nn.Sequential(nn.Dropout(0.1), _FrozenBatchNorm(4), nn.ReLU()),
+        _CountingSetattr(),
+    )
+
+
+@pytest.mark.parametrize("mode", [False, True])
+def test_train_modules_sets_the_flags_nn_module_train_sets(mode: bool) -> None:
+    reference, ours = _module_tree(), _module_tree()
+    for tree in (reference, ours):
+        tree.train(not mode)
+    reference.train(mode)
+    _train_modules(ours, mode)
+    flags = [[module.training for module in tree.modules()] for tree in (reference, ours)]
+    assert flags[0] == flags[1]
+    # Every module in the given mode, except the frozen batch norm, which kept its own rule
+    assert all(module.training is (mode and not isinstance(module, _FrozenBatchNorm)) for module in ours.modules())
+    # The module with its own __setattr__ was switched through it, as nn.Module.train does
+    assert ours[2].writes == reference[2].writes == 2  # type: ignore[index]
+    with pytest.raises(ValueError, match="boolean"):
+        _train_modules(ours, 1)  # type: ignore[arg-type]
+
+
+def test_dueling_policy_switches_the_online_network_only() -> None:
+    policy = DuelingDQN("MlpPolicy", "CartPole-v1").policy
+    for mode in (True, False, True):
+        policy.set_training_mode(mode)
+        assert policy.training is mode
+        assert all(module.training is mode for module in policy.q_net.modules())
+        assert not any(module.training for module in policy.q_net_target.modules())
