@@ -13,7 +13,13 @@ the median over rounds of the per-round ratio to DQN (summed slice times), in wa
 (DoubleDQN >= 0.98x, DuelingDQN >= 0.95x, PrioritizedDQN >= 0.90x of DQN); JSON and a PNG plot of the per-round
 ratios go to ``benchmarks/results/throughput_<env>[_<device>].{json,png}``.
 
+Each class runs with its defaults, as a user gets them: the classes of this package use PyTorch's foreach Adam (same
+updates as the per-tensor loop SB3's DQN gets on the CPU, cheaper; see ``BaseDQN``), recorded under ``optimizers``
+in the JSON. ``--same-optimizer`` gives every class DQN's implementation instead, which leaves only the cost of the
+algorithms (and of this package's other, implementation-only, savings) in the ratios.
+
     python benchmarks/throughput.py                          # CPU, CartPole-v1 zoo configuration
+    python benchmarks/throughput.py --same-optimizer         # every class with DQN's optimizer implementation
     python benchmarks/throughput.py --device cuda --env PongNoFrameskip-v4 --steps 20000   # on a GPU
 """
 
@@ -59,9 +65,20 @@ def make_env(env_id: str, seed: int) -> VecEnv:
     return make_vec_env(env_id, n_envs=1, seed=seed)
 
 
-def make_model(cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int) -> DQN:
-    """A model with the zoo settings of ``section``, its buffer filled up to ``learning_starts`` (untimed)."""
+def make_model(
+    cls: type[DQN], env_id: str, section: str, steps: int, device: str, seed: int, same_optimizer: bool = False
+) -> DQN:
+    """
+    A model with the zoo settings of ``section``, its buffer filled up to ``learning_starts`` (untimed).
+
+    ``same_optimizer``: give the classes of this package ``optimizer_kwargs=dict(foreach=None)``, PyTorch's own choice
+    of implementation, which SB3's DQN uses (they default to ``foreach=True``).
+    """
     policy, _, kwargs = load_section(zoo_dqn_file(), section)
+    if same_optimizer and cls is not DQN:
+        policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+        policy_kwargs["optimizer_kwargs"] = {**policy_kwargs.get("optimizer_kwargs", {}), "foreach": None}
+        kwargs["policy_kwargs"] = policy_kwargs
     # Training starts after learning_starts: time only the part where gradient steps happen
     kwargs["learning_starts"] = min(kwargs.get("learning_starts", 100), steps // 10)
     model = cls(policy, make_env(env_id, seed), device=device, seed=seed, **kwargs)
@@ -102,7 +119,9 @@ def plot(summary: dict[str, Any], targets: dict[str, float], title: str, path: P
             label="rounds (CPU)" if x == 0 else None,
         )
         if name in targets:
-            ax.hlines(targets[name], x - 0.35, x + 0.35, colors="k", linestyles="--", label="target" if x == 0 else None)
+            ax.hlines(
+                targets[name], x - 0.35, x + 0.35, colors="k", linestyles="--", label="target" if x == 0 else "_nolegend_"
+            )
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("env steps/s relative to SB3 DQN")
@@ -122,6 +141,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
+    parser.add_argument(
+        "--same-optimizer",
+        action="store_true",
+        help="every class with the optimizer implementation of SB3's DQN (PyTorch's per-tensor Adam on the CPU): "
+        "isolates the cost of the algorithms; results in throughput_<env>_same_optimizer.{json,png}",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -134,10 +159,15 @@ def main() -> None:
     load_start = os.getloadavg()
     n_slices = -(-args.steps // args.slice_steps)
     timed_steps = n_slices * args.slice_steps
+    optimizers: dict[str, dict[str, Any]] = {}
     for round_index in range(args.rounds):
         models = {
-            name: make_model(CLASSES[name], args.env, section, timed_steps, args.device, round_index) for name in args.classes
+            name: make_model(CLASSES[name], args.env, section, timed_steps, args.device, round_index, args.same_optimizer)
+            for name in args.classes
         }
+        for name, model in models.items():
+            group = model.policy.optimizer.param_groups[0]
+            optimizers[name] = {"class": type(model.policy.optimizer).__name__, "foreach": group.get("foreach")}
         wall = dict.fromkeys(args.classes, 0.0)
         cpu = dict.fromkeys(args.classes, 0.0)
         for slice_index in range(n_slices):
@@ -160,7 +190,7 @@ def main() -> None:
             + " steps/s"
         )
 
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         name: {
             "median_steps_per_s": statistics.median(rates[name]),
             "median_ratio_to_dqn": statistics.median(ratios[name]) if ratios[name] else None,
@@ -189,7 +219,11 @@ def main() -> None:
     device_name = th.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     result: dict[str, Any] = {
         "command": "python benchmarks/throughput.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("classes", "results_dir")),
+        + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(args).items()
+            if k not in ("classes", "results_dir") and v is not False
+        ),
         "env": args.env,
         "zoo_section": section,
         "timed_steps_per_run": timed_steps,
@@ -206,6 +240,7 @@ def main() -> None:
             "torch": th.__version__,
             "numpy": np.__version__,
         },
+        "optimizers": optimizers,
         "summary": summary,
         "targets": target_check,
     }
@@ -213,10 +248,14 @@ def main() -> None:
     tag = args.env.split("NoFrameskip")[0].lower().replace("-v1", "") + (
         "_" + args.device.replace(":", "") if args.device != "cpu" else ""
     )
+    if args.same_optimizer:
+        tag += "_same_optimizer"
     path = args.results_dir / f"throughput_{tag}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     plot_path = path.with_suffix(".png")
     title = f"{args.env} (zoo '{section}' settings), {args.device}, {args.rounds} rounds of {timed_steps} steps per class"
+    if args.same_optimizer:
+        title += "\nevery class with DQN's optimizer implementation (per-tensor Adam)"
     plot(summary, targets, title, plot_path)
     for name in args.classes:
         ratio, cpu_ratio = summary[name]["median_ratio_to_dqn"], summary[name]["median_cpu_ratio_to_dqn"]

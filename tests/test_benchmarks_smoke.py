@@ -41,7 +41,8 @@ def test_per_sampling_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
     assert uniform["ratio_to_uniform"] == 1.0
 
 
-def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("same_optimizer", [False, True])
+def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path, same_optimizer: bool) -> None:
     script = SCRIPT.parent / "throughput.py"
     command = [
         sys.executable,
@@ -56,10 +57,19 @@ def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
         "DQN",
         "PrioritizedDQN",
     ]
+    if same_optimizer:
+        command.append("--same-optimizer")
     result = subprocess.run([*command, "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "throughput_cartpole.json").read_text())
-    assert (tmp_path / "throughput_cartpole.png").stat().st_size > 0
+    name = "throughput_cartpole_same_optimizer" if same_optimizer else "throughput_cartpole"
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert ("--same-optimizer" in report["command"]) == same_optimizer
+    # SB3's DQN keeps PyTorch's choice (per-tensor on the CPU); ours default to foreach unless told otherwise
+    assert report["optimizers"] == {
+        "DQN": {"class": "Adam", "foreach": None},
+        "PrioritizedDQN": {"class": "Adam", "foreach": None if same_optimizer else True},
+    }
     assert report["rounds"] == 1 and report["timed_steps_per_run"] == 300 and report["slice_steps"] == 150
     summary = report["summary"]
     assert set(summary) == {"DQN", "PrioritizedDQN"}
