@@ -30,10 +30,7 @@ table, and the experiment is about which transitions are replayed, not about the
 """
 
 import argparse
-import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +42,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
+from benchmarks.effect_report import write_report
 from sb3_dqn_ext import PrioritizedReplayBuffer
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -404,17 +402,16 @@ def main() -> None:
         "runs": runs,
         "summary": summary,
         "comparison_with_paper": comparison_sentence(summary, args.ns, prioritized_key),
-        "runtime": dict(cpu_s=round(cpu_time, 1), wall_s=round(wall_time, 1)),
-        "machine": dict(platform=platform.platform(), python=platform.python_version(), torch_threads=th.get_num_threads()),
-        "versions": {name: metadata.version(name) for name in ("sb3-dqn-ext", "stable_baselines3", "torch", "numpy")},
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.results_dir / f"{NAME}.json"
-    png_path = args.results_dir / f"{NAME}.png"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    plot(png_path, args.ns, methods, summary, runs)
-    print(report["comparison_with_paper"])
-    print(f"CPU {cpu_time:.0f} s, wall {wall_time:.0f} s. Wrote {json_path} and {png_path}")
+    write_report(
+        report,
+        args.results_dir,
+        NAME,
+        lambda path: plot(path, args.ns, methods, summary, runs),
+        cpu_time,
+        wall_time,
+        ("sb3-dqn-ext", "stable_baselines3", "torch", "numpy"),
+    )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,7 @@ callback records the online network's ``mean_s max_a Q(s, a)`` next to the true 
 """
 
 import argparse
-import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
+from benchmarks.effect_report import write_report
 from sb3_dqn_ext import DoubleDQN
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -268,17 +266,16 @@ def main() -> None:
         "runs": runs,
         "summary": summary,
         "comparison_with_paper": comparison_sentence(summary, len(args.seeds)),
-        "runtime": dict(cpu_s=round(cpu_time, 1), wall_s=round(wall_time, 1)),
-        "machine": dict(platform=platform.platform(), python=platform.python_version(), torch_threads=th.get_num_threads()),
-        "versions": {name: metadata.version(name) for name in ("sb3-dqn-ext", "stable_baselines3", "torch", "gymnasium")},
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.results_dir / f"{NAME}.json"
-    png_path = args.results_dir / f"{NAME}.png"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    plot(png_path, runs, true_value)
-    print(report["comparison_with_paper"])
-    print(f"CPU {cpu_time:.0f} s, wall {wall_time:.0f} s. Wrote {json_path} and {png_path}")
+    write_report(
+        report,
+        args.results_dir,
+        NAME,
+        lambda path: plot(path, runs, true_value),
+        cpu_time,
+        wall_time,
+        ("sb3-dqn-ext", "stable_baselines3", "torch", "gymnasium"),
+    )
 
 
 if __name__ == "__main__":

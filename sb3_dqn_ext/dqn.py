@@ -71,11 +71,8 @@ class _GradNormClipper:
     @th.no_grad()
     def clip(self) -> None:
         """Clip the gradients of the parameters in place."""
-        if not self.fast:
-            th.nn.utils.clip_grad_norm_(self.parameters, self.max_norm)
-            return
-        grads = [param.grad for param in self.parameters if param.grad is not None]
-        # The same fast path check as clip_grad_norm_ (_has_foreach_support): plain tensors only
+        grads = [param.grad for param in self.parameters if param.grad is not None] if self.fast else []
+        # No gradient, or not plain tensors (the fast path check of clip_grad_norm_, _has_foreach_support)
         if not grads or any(type(grad) is not th.Tensor for grad in grads):
             th.nn.utils.clip_grad_norm_(self.parameters, self.max_norm)
             return
