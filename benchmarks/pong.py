@@ -31,6 +31,9 @@ at 80k frames = 20k agent steps, PER alpha 0.5 and beta 0.4). Not Rainbow's: eps
 after 25% of the steps) instead of noisy nets, no distributional head, and a replay memory of 1e5 transitions
 instead of 1e6 (SB3's layout stores observations and next observations: 5.6 GB at 1e5, and a checkpoint saves it).
 ``-params key:value ...`` overrides them (the zoo's syntax). These values have not been measured on Pong here.
+With one env, the Atari emulator and the gradient steps take turns; ``--vec-env subproc -params n_envs:8
+train_freq:1 gradient_steps:2`` steps 8 emulators in parallel and keeps one gradient step per 4 transitions (SB3
+divides ``target_update_interval`` by ``n_envs`` itself). Checked on the CPU with 2 envs and a few hundred steps.
 
 Results: ``<results-dir>/pong.json`` (the configuration, every piece: agent steps, wall time, steps/s, device;
 every evaluation) and ``<results-dir>/pong.png`` (evaluation score against agent steps), rewritten after each piece.
