@@ -238,6 +238,7 @@ def train_piece(args: argparse.Namespace, state: dict[str, Any], started: float)
 
         def evaluate(self) -> None:
             begin = time.perf_counter()
+            trained_s = train_wall + (begin - begun) - self.eval_time  # training time of the run so far
             rewards, lengths = evaluate_policy(
                 self.model,
                 eval_env,
@@ -256,18 +257,19 @@ def train_piece(args: argparse.Namespace, state: dict[str, Any], started: float)
                     "std_reward": float(np.std(rewards)),
                     "episode_rewards": [float(r) for r in rewards],
                     "episode_lengths": [int(n) for n in lengths],
-                    "train_wall_s": round(train_wall + begin - begun - (self.eval_time - self.last_eval_s), 1),
+                    "train_wall_s": round(trained_s, 1),
                     "eval_wall_s": round(self.last_eval_s, 1),
                 }
             )
             print(f"eval at {self.num_timesteps} agent steps: {np.mean(rewards):+.2f} +- {np.std(rewards):.2f}", flush=True)
 
         def _on_step(self) -> bool:
-            due = self.num_timesteps // args.eval_freq > self.last_eval_at // args.eval_freq
-            if self.num_timesteps > self.last_eval_at and (due or self.num_timesteps >= args.total_steps):
-                self.evaluate()
             if self.num_timesteps >= args.total_steps:
+                if self.num_timesteps > self.last_eval_at:
+                    self.evaluate()
                 return True  # learn() ends by itself, after storing this step
+            if self.num_timesteps // args.eval_freq > self.last_eval_at // args.eval_freq:
+                self.evaluate()
             # Stop before the budget runs out, keeping room for an evaluation as long as the last one
             return self.num_timesteps < step_limit and time.perf_counter() + self.last_eval_s < stop_at
 
