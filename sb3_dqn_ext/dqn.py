@@ -1,6 +1,5 @@
 """The shared base of every algorithm in this package: SB3's DQN with one ``train()`` loop and its seams."""
 
-from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -19,66 +18,6 @@ from sb3_dqn_ext.buffers import (
 )
 
 SelfBaseDQN = TypeVar("SelfBaseDQN", bound="BaseDQN")
-
-
-def _grad_resetter(optimizer: th.optim.Optimizer) -> Callable[[], None]:
-    """
-    ``optimizer.zero_grad``, or for PyTorch's own ``zero_grad`` (``set_to_none=True``, its default) the same: the
-    gradient of every parameter of the optimizer's current groups set to ``None``, without the profiler
-    context and checks that cost ~25 us per call on the CPU here (the groups are read once, when this is called).
-
-    :param optimizer: The optimizer
-    :return: A function that resets the gradients
-    """
-    if type(optimizer).zero_grad is not th.optim.Optimizer.zero_grad:
-        return optimizer.zero_grad
-    parameters = [param for group in optimizer.param_groups for param in group["params"]]
-
-    def zero_grad() -> None:
-        for param in parameters:
-            param.grad = None
-
-    return zero_grad
-
-
-class _GradNormClipper:
-    """
-    ``th.nn.utils.clip_grad_norm_(parameters, max_norm)`` for a fixed list of parameters: the same operations on the
-    same tensors, so the same gradients bit for bit, at a fraction of the cost on the CPU.
-
-    ``clip_grad_norm_`` groups the gradients by device and dtype twice per call, through several layers of Python,
-    which cost more than the clipping of a small network. When every parameter has the same device and dtype, and
-    the device has foreach kernels (CPU, CUDA), there is one group and the grouping is skipped: the foreach norm of
-    the gradients, the norm of their norms, ``max_norm / (total_norm + 1e-6)`` clamped to 1, and a foreach
-    multiplication, as ``clip_grad_norm_`` computes them for one group (norm type 2, ``foreach=None``). Anything else
-    goes to ``clip_grad_norm_`` itself.
-
-    :param parameters: The parameters whose gradients are clipped, in the order ``clip_grad_norm_`` would see them
-    :param max_norm: Max norm of the gradients
-    """
-
-    def __init__(self, parameters: list[th.nn.Parameter], max_norm: float) -> None:
-        self.parameters = parameters
-        self.max_norm = float(max_norm)
-        groups = {(param.device, param.dtype) for param in parameters}
-        self.fast = (
-            len(groups) == 1
-            and next(iter(groups))[0].type in ("cpu", "cuda")
-            and hasattr(th, "_foreach_norm")
-            and hasattr(th, "_foreach_mul_")
-        )
-
-    @th.no_grad()
-    def clip(self) -> None:
-        """Clip the gradients of the parameters in place."""
-        grads = [param.grad for param in self.parameters if param.grad is not None] if self.fast else []
-        # No gradient, or not plain tensors (the fast path check of clip_grad_norm_, _has_foreach_support)
-        if not grads or any(type(grad) is not th.Tensor for grad in grads):
-            th.nn.utils.clip_grad_norm_(self.parameters, self.max_norm)
-            return
-        total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
-        clip_coef = self.max_norm / (total_norm + 1e-6)
-        th._foreach_mul_(grads, th.clamp(clip_coef, max=1.0))
 
 
 class BaseDQN(DQN):
@@ -105,24 +44,16 @@ class BaseDQN(DQN):
     Differs from SB3: ``train()`` keeps the losses on the device and reads them back once per call to
     ``train()`` instead of once per gradient step (``loss.item()``), so the loop does not wait for the
     device after every step. The parameters are unchanged by this; only the logged mean loss is computed
-    in float32 on the device instead of float64 on the host. The parameters whose gradient norm is clipped are
-    listed once per call instead of once per gradient step (the same parameters), and clipped by the operations of
-    ``clip_grad_norm_`` without its per-call grouping (same gradients, see ``_GradNormClipper``); gradients are
-    reset as ``optimizer.zero_grad()`` does, without its per-call overhead. Adam uses PyTorch's foreach implementation
-    on the CPU too (same updates, see ``_default_to_foreach_adam``). Where SB3 would build a
+    in float32 on the device instead of float64 on the host. Where SB3 would build a
     ``ReplayBuffer`` (no ``replay_buffer_class``, ``n_steps=1``, no ``Dict`` observations), the buffer is a
-    :class:`~sb3_dqn_ext.buffers.UniformReplayBuffer`: SB3's, with a faster gather of the same samples. ``tau`` is
-    checked to lie in ``(0, 1]`` (``tau=0`` would silently freeze the target network). ``learn()`` names
-    TensorBoard runs after the class.
+    :class:`~sb3_dqn_ext.buffers.UniformReplayBuffer`: SB3's, with a faster gather of the same samples. ``learn()``
+    names TensorBoard runs after the class.
     """
 
     def _setup_model(self) -> None:
         # TD errors and importance weights of the current train() call's batches, for the logs (prioritized replay)
         self._td_error_batches: list[np.ndarray] = []
         self._is_weight_batches: list[th.Tensor] = []
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1] (1 for hard target updates), got {self.tau}")
-        self._default_to_foreach_adam()
         if self.replay_buffer_class is None and self.n_steps == 1 and not isinstance(self.observation_space, spaces.Dict):
             # Where SB3 would build a ReplayBuffer: the same buffer, with a faster gather (same samples)
             self.replay_buffer_class = UniformReplayBuffer
@@ -138,27 +69,6 @@ class BaseDQN(DQN):
                 self.n_steps = n_steps
         else:
             super()._setup_model()
-
-    def _default_to_foreach_adam(self) -> None:
-        """
-        Use PyTorch's multi-tensor ("foreach") Adam on the CPU too, where SB3's default leaves it to PyTorch.
-
-        PyTorch picks the foreach implementation by default on CUDA but the per-tensor loop on the CPU; for the small
-        networks of DQN on the CPU, the loop's per-parameter Python cost is most of the optimizer step (~20% of the
-        step here). The two implementations compute the same update: with it, ``BaseDQN`` still matches SB3's DQN
-        bit for bit (``tests/test_targets.py``). Applied only to ``th.optim.Adam`` (SB3's default), on CPU or CUDA,
-        when ``optimizer_kwargs`` choose none of ``foreach``, ``fused``, ``capturable``, ``differentiable``;
-        ``policy_kwargs["optimizer_kwargs"]`` then holds ``foreach=True`` (saved with the model).
-        """
-        optimizer_class = self.policy_kwargs.get("optimizer_class", th.optim.Adam)
-        optimizer_kwargs = self.policy_kwargs.get("optimizer_kwargs") or {}
-        implementation_keys = {"foreach", "fused", "capturable", "differentiable"}
-        if (
-            optimizer_class is th.optim.Adam
-            and self.device.type in ("cpu", "cuda")
-            and not implementation_keys & set(optimizer_kwargs)
-        ):
-            self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": {**optimizer_kwargs, "foreach": True}}
 
     def _configure_prioritized_buffer(self) -> None:
         """Forward ``n_steps`` and ``gamma`` to a prioritized buffer, refusing contradictory settings."""
@@ -240,10 +150,6 @@ class BaseDQN(DQN):
             self.replay_buffer.progress_remaining = self._current_progress_remaining  # type: ignore[union-attr]
         self._td_error_batches, self._is_weight_batches = [], []
 
-        # The parameters whose gradient norm is clipped, as SB3 passes them (self.policy.parameters()), listed
-        # once per call: walking the module tree at every gradient step costs more than the clipping itself
-        clipper = _GradNormClipper(list(self.policy.parameters()), self.max_grad_norm)
-        zero_grad = _grad_resetter(self.policy.optimizer)
         losses = []
         for _ in range(gradient_steps):
             # Sample replay buffer
@@ -267,10 +173,10 @@ class BaseDQN(DQN):
             losses.append(loss.detach())
 
             # Optimize the policy
-            zero_grad()
+            self.policy.optimizer.zero_grad()
             loss.backward()
             # Clip gradient norm
-            clipper.clip()
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
 
         # Increase update counter

@@ -65,10 +65,10 @@ def test_throughput_benchmark_runs_with_tiny_settings(tmp_path: Path, same_optim
     report = json.loads((tmp_path / f"{name}.json").read_text())
     assert (tmp_path / f"{name}.png").stat().st_size > 0
     assert ("--same-optimizer" in report["command"]) == same_optimizer
-    # SB3's DQN keeps PyTorch's choice (per-tensor on the CPU); ours default to foreach unless told otherwise
+    # Every class keeps PyTorch's choice (per-tensor on the CPU), as SB3's DQN does
     assert report["optimizers"] == {
         "DQN": {"class": "Adam", "foreach": None},
-        "PrioritizedDQN": {"class": "Adam", "foreach": None if same_optimizer else True},
+        "PrioritizedDQN": {"class": "Adam", "foreach": None},
     }
     assert report["rounds"] == 1 and report["timed_steps_per_run"] == 300 and report["slice_steps"] == 150
     summary = report["summary"]

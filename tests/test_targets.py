@@ -12,7 +12,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sb3_dqn_ext import DoubleDQN
-from sb3_dqn_ext.dqn import BaseDQN, _grad_resetter, _GradNormClipper
+from sb3_dqn_ext.dqn import BaseDQN
 
 
 class TwoFeatureEnv(gym.Env):
@@ -213,85 +213,13 @@ def test_polyak_recipe_trains_and_keeps_target_behind(model_class: type[BaseDQN]
     assert 0 < (target - initial).norm() < (online - initial).norm()
 
 
-@pytest.mark.parametrize("scale", [1e-3, 1e3])  # total gradient norm below and above max_norm
-def test_grad_norm_clipper_matches_clip_grad_norm_bit_for_bit(scale: float) -> None:
-    generator = th.Generator()
-    shapes = [(256, 4), (256,), (256, 256), (256,), (2, 256), (2,), (3, 3)]
-
-    def make_parameters() -> list[th.nn.Parameter]:
-        generator.manual_seed(0)
-        parameters = [th.nn.Parameter(th.randn(shape, generator=generator)) for shape in shapes]
-        for param in parameters[:-1]:  # the last one has no gradient (a frozen layer, the target network)
-            param.grad = scale * th.randn(param.shape, generator=generator)
-        return parameters
-
-    unclipped, reference, ours = make_parameters(), make_parameters(), make_parameters()
-    th.nn.utils.clip_grad_norm_(reference, 10.0)
-    clipper = _GradNormClipper(ours, 10)
-    assert clipper.fast
-    clipper.clip()
-    assert ours[-1].grad is None
-    grads = [param.grad for param in ours[:-1]]
-    total_norm = float(th.linalg.vector_norm(th.cat([grad.reshape(-1) for grad in grads])))  # type: ignore[union-attr]
-    if scale > 1:  # scaled down to norm 10 (up to the 1e-6 of the formula)
-        assert total_norm == pytest.approx(10.0, rel=1e-5)
-    else:  # left as they were
-        for grad, grad_unclipped in zip(grads, unclipped[:-1], strict=True):
-            assert th.equal(grad, grad_unclipped.grad)  # type: ignore[arg-type]
-    for param_ref, param_ours in zip(reference[:-1], ours[:-1], strict=True):
-        assert th.equal(param_ref.grad, param_ours.grad)  # type: ignore[arg-type]
-
-
-def test_grad_norm_clipper_falls_back_to_clip_grad_norm_for_mixed_dtypes() -> None:
-    parameters = [th.nn.Parameter(th.ones(3)), th.nn.Parameter(th.ones(3, dtype=th.float64))]
-    for param in parameters:
-        param.grad = th.full_like(param, 100.0)
-    clipper = _GradNormClipper(parameters, 1.0)
-    assert not clipper.fast
-    clipper.clip()
-    # Norm of six gradients of 100 is 100 * sqrt(6): each becomes 1 / sqrt(6) (within the 1e-6 of the formula)
-    for param in parameters:
-        np.testing.assert_allclose(param.grad.numpy(), 1 / np.sqrt(6), rtol=1e-5)  # type: ignore[union-attr]
-
-
-def test_adam_defaults_to_the_foreach_implementation_on_cpu(model_class: type[BaseDQN], tmp_path: Any) -> None:
-    model = model_class("MlpPolicy", "CartPole-v1", device="cpu")
-    assert model.policy.optimizer.param_groups[0]["foreach"] is True
-    assert model.policy_kwargs["optimizer_kwargs"] == {"foreach": True}
-    model.save(tmp_path / "model.zip")
-    loaded = model_class.load(tmp_path / "model.zip", device="cpu")
-    assert loaded.policy.optimizer.param_groups[0]["foreach"] is True
-
-
-def test_optimizer_choices_given_by_the_user_are_kept() -> None:
-    optimizer_kwargs = dict(eps=1e-5)
-    model = DoubleDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=optimizer_kwargs), device="cpu")
-    group = model.policy.optimizer.param_groups[0]
-    assert (group["foreach"], group["eps"]) == (True, 1e-5)
-    assert optimizer_kwargs == dict(eps=1e-5)  # the caller's dict is not modified
-    for implementation in (dict(foreach=False), dict(foreach=None), dict(fused=True)):
-        model = DoubleDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=implementation), device="cpu")
-        group = model.policy.optimizer.param_groups[0]
-        assert {key: group[key] for key in implementation} == implementation
-        assert "fused" in implementation or not group["fused"]
-    model = DoubleDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=th.optim.RMSprop), device="cpu")
-    assert isinstance(model.policy.optimizer, th.optim.RMSprop)
-    assert model.policy.optimizer.param_groups[0]["foreach"] is None
-
-
-def test_grad_resetter_clears_gradients_as_zero_grad_or_calls_a_custom_one() -> None:
-    parameters = [th.nn.Parameter(th.ones(2)), th.nn.Parameter(th.ones(3))]
-
-    class ZeroFillingSGD(th.optim.SGD):
-        def zero_grad(self, set_to_none: bool = True) -> None:
-            super().zero_grad(set_to_none=False)
-
-    for optimizer, expected in ((th.optim.Adam(parameters), None), (ZeroFillingSGD(parameters, lr=0.1), 0.0)):
-        for param in parameters:
-            param.grad = th.ones_like(param)
-        _grad_resetter(optimizer)()
-        for param in parameters:
-            if expected is None:
-                assert param.grad is None
-            else:  # the custom zero_grad ran: gradients filled with zeros, not removed
-                assert param.grad is not None and th.equal(param.grad, th.zeros_like(param))
+def test_optimizer_settings_are_those_of_sb3_dqn(model_class: type[BaseDQN]) -> None:
+    """No optimizer implementation is forced on the user: the optimizer is built as SB3's DQN builds it."""
+    policy_kwargs = dict(net_arch=[8], optimizer_kwargs=dict(eps=1e-5))
+    ours = model_class("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, device="cpu")
+    reference = DQN("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, device="cpu")
+    group, reference_group = ours.policy.optimizer.param_groups[0], reference.policy.optimizer.param_groups[0]
+    assert {key: value for key, value in group.items() if key != "params"} == {
+        key: value for key, value in reference_group.items() if key != "params"
+    }
+    assert ours.policy_kwargs == policy_kwargs
