@@ -1,6 +1,6 @@
 """Double DQN, Dueling DQN and prioritized experience replay for Stable-Baselines3."""
 
-from sb3_dqn_ext.buffers import DictPrioritizedReplayBuffer, PrioritizedReplayBuffer, UniformReplayBuffer
+from sb3_dqn_ext.buffers import DictPrioritizedReplayBuffer, MemoryEfficientReplayBuffer, PrioritizedReplayBuffer
 from sb3_dqn_ext.double_dqn import DoubleDQN
 from sb3_dqn_ext.dueling_dqn import DuelingDQN
 from sb3_dqn_ext.policies import DuelingCnnPolicy, DuelingDQNPolicy, DuelingMlpPolicy, DuelingMultiInputPolicy
@@ -15,8 +15,8 @@ __all__ = [
     "DuelingDQNPolicy",
     "DuelingMlpPolicy",
     "DuelingMultiInputPolicy",
+    "MemoryEfficientReplayBuffer",
     "PrioritizedDQN",
     "PrioritizedReplayBuffer",
-    "UniformReplayBuffer",
     "__version__",
 ]

@@ -6,15 +6,18 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import MaybeCallback, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage, is_vecenv_wrapped, unwrap_vec_wrapper
 from torch.nn import functional as F
 
 from sb3_dqn_ext.buffers import (
     DictPrioritizedReplayBuffer,
     DictPrioritizedReplayBufferSamples,
+    MemoryEfficientReplayBuffer,
     PrioritizedReplayBuffer,
     PrioritizedReplayBufferSamples,
-    UniformReplayBuffer,
+    _CompiledReplayBuffer,
 )
 
 SelfBaseDQN = TypeVar("SelfBaseDQN", bound="BaseDQN")
@@ -41,26 +44,31 @@ class BaseDQN(DQN):
     ``DictPrioritizedReplayBuffer``); its ``n_steps`` and ``gamma`` are then forwarded to the buffer (SB3 ignores
     ``n_steps`` for a custom buffer class), and ``replay_buffer_kwargs`` set ``alpha``, ``beta`` and ``eps``.
 
+    With ``optimize_memory_usage=True``, observations are stored once, and frames once when the env stacks them
+    with ``VecFrameStack`` (whose ``n_stack`` is passed to the buffer): a
+    :class:`~sb3_dqn_ext.buffers.MemoryEfficientReplayBuffer`, or the prioritized buffer's own frame storage. Unlike
+    SB3's ``optimize_memory_usage``, it keeps every real next observation, so it works with timeouts and n-step
+    returns. Where the user asks for nothing special, the buffer is SB3's own.
+
     Differs from SB3: ``train()`` keeps the losses on the device and reads them back once per call to
     ``train()`` instead of once per gradient step (``loss.item()``), so the loop does not wait for the
     device after every step. The parameters are unchanged by this; only the logged mean loss is computed
-    in float32 on the device instead of float64 on the host. Where SB3 would build a
-    ``ReplayBuffer`` (no ``replay_buffer_class``, ``n_steps=1``, no ``Dict`` observations), the buffer is a
-    :class:`~sb3_dqn_ext.buffers.UniformReplayBuffer`: SB3's, with a faster gather of the same samples. ``learn()``
-    names TensorBoard runs after the class.
+    in float32 on the device instead of float64 on the host. With the memory-efficient storage, calling ``learn()``
+    again with ``reset_num_timesteps=True`` marks the last stored transitions truncated, where SB3 marks them
+    terminated (SB3 must: its next observations are overwritten; here they are kept). ``learn()`` names TensorBoard
+    runs after the class.
     """
 
     def _setup_model(self) -> None:
         # TD errors and importance weights of the current train() call's batches, for the logs (prioritized replay)
         self._td_error_batches: list[np.ndarray] = []
         self._is_weight_batches: list[th.Tensor] = []
-        if self.replay_buffer_class is None and self.n_steps == 1 and not isinstance(self.observation_space, spaces.Dict):
-            # Where SB3 would build a ReplayBuffer: the same buffer, with a faster gather (same samples)
-            self.replay_buffer_class = UniformReplayBuffer
+        if self.optimize_memory_usage and self.replay_buffer_class is None:
+            self.replay_buffer_class = MemoryEfficientReplayBuffer
         if self.replay_buffer_class is not None and issubclass(
-            self.replay_buffer_class, (PrioritizedReplayBuffer, DictPrioritizedReplayBuffer)
+            self.replay_buffer_class, (_CompiledReplayBuffer, DictPrioritizedReplayBuffer)
         ):
-            self._configure_prioritized_buffer()
+            self._configure_buffer()
             # n_steps now reaches the buffer: keep SB3 from warning that it is ignored for a custom buffer class
             n_steps, self.n_steps = self.n_steps, 1
             try:
@@ -70,12 +78,22 @@ class BaseDQN(DQN):
         else:
             super()._setup_model()
 
-    def _configure_prioritized_buffer(self) -> None:
-        """Forward ``n_steps`` and ``gamma`` to a prioritized buffer, refusing contradictory settings."""
+    def _configure_buffer(self) -> None:
+        """
+        Pass ``n_steps``, ``gamma`` and, with ``optimize_memory_usage``, how ``VecFrameStack`` stacks the frames to one of
+        our buffers, refusing contradictory settings.
+        """
         assert self.replay_buffer_class is not None
         is_dict = isinstance(self.observation_space, spaces.Dict)
-        if is_dict and self.replay_buffer_class is PrioritizedReplayBuffer:
-            raise ValueError("Dict observation spaces need replay_buffer_class=DictPrioritizedReplayBuffer")
+        if is_dict and self.optimize_memory_usage:
+            raise ValueError(
+                "optimize_memory_usage=True is not supported for Dict observations (nor by SB3's DictReplayBuffer)"
+            )
+        if is_dict and not issubclass(self.replay_buffer_class, DictPrioritizedReplayBuffer):
+            raise ValueError(
+                f"Dict observation spaces need replay_buffer_class=DictPrioritizedReplayBuffer or None, got "
+                f"{self.replay_buffer_class.__name__}"
+            )
         if issubclass(self.replay_buffer_class, DictPrioritizedReplayBuffer):
             if self.n_steps > 1:
                 raise ValueError(
@@ -91,6 +109,34 @@ class BaseDQN(DQN):
                 raise ValueError(
                     f"replay_buffer_kwargs[{key!r}]={given} contradicts the model's {key}={value}: set it in one place"
                 )
+        frame_stack = unwrap_vec_wrapper(self.env, VecFrameStack) if self.env is not None else None
+        if self.optimize_memory_usage and self.env is not None and frame_stack is not None:
+            stacked = frame_stack.stacked_obs
+            # VecFrameStack stacks along the channel axis, first or last; SB3's VecTransposeImage moves the last first
+            channels_first = stacked.channels_first or is_vecenv_wrapped(self.env, VecTransposeImage)
+            self.replay_buffer_kwargs.setdefault("n_stack", stacked.n_stack)
+            self.replay_buffer_kwargs.setdefault("stack_axis", 0 if channels_first else -1)
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        buffer = self.replay_buffer
+        if not (isinstance(buffer, _CompiledReplayBuffer) and buffer.frames is not None):
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        # SB3 warns and marks the last transitions terminated (its next observations would be overwritten); they are
+        # kept here: mark them truncated instead, so that no n-step return runs into the next episode
+        last = (buffer.pos - 1) % buffer.buffer_size
+        dones = buffer.dones[last].copy()
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if not np.array_equal(buffer.dones[last], dones):
+            buffer.dones[last] = dones
+            buffer.timeouts[last] = np.logical_or(buffer.timeouts[last], np.logical_not(dones))
+        return result
 
     def _excluded_save_params(self) -> list[str]:
         # Per-call scratch lists of train(), rebuilt by _setup_model()

@@ -30,7 +30,13 @@ from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_dqn_ext import DictPrioritizedReplayBuffer, DoubleDQN, PrioritizedDQN, PrioritizedReplayBuffer, UniformReplayBuffer
+from sb3_dqn_ext import (
+    DictPrioritizedReplayBuffer,
+    DoubleDQN,
+    MemoryEfficientReplayBuffer,
+    PrioritizedDQN,
+    PrioritizedReplayBuffer,
+)
 from sb3_dqn_ext.buffers import DictPrioritizedReplayBufferSamples, PrioritizedReplayBufferSamples
 from sb3_dqn_ext.sum_tree import SumTree
 
@@ -162,6 +168,14 @@ def assert_samples_equal(samples: Any, expected: Any, fields: tuple[str, ...] = 
         else:
             assert value.dtype == expected_value.dtype, field
             assert th.equal(value, expected_value), field
+
+
+def samples_at(buffer: Any, positions: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None = None) -> Any:
+    """The fields SB3's ``_get_samples`` would return, at the given env indices instead of random ones."""
+    if isinstance(buffer, DictPrioritizedReplayBuffer):
+        obs, actions, next_obs, dones, rewards = buffer._get_samples_at(positions, env_indices, env)
+        return DictReplayBufferSamples(obs, actions, next_obs, dones, rewards, None)
+    return ReplayBufferSamples(*buffer._gather(positions, env_indices, env))
 
 
 def assert_priorities_were_updated(buffer: AnyPrioritizedBuffer) -> None:
@@ -417,7 +431,7 @@ def compare_with_sb3(ours: Any, reference: Any, n_envs: int, seed: int, env: Vec
     env_indices = np.random.randint(0, n_envs, size=batch_inds.shape)
     np.random.seed(seed)
     expected = reference._get_samples(batch_inds, env=env)
-    samples = ours._get_samples(batch_inds, env=env, env_indices=env_indices)
+    samples = samples_at(ours, batch_inds, env_indices, env)
     assert_samples_equal(samples, expected)
     # The temporary truncation mark before the write pointer is undone
     assert np.array_equal(ours.timeouts, timeouts)
@@ -444,9 +458,9 @@ def test_transitions_equal_sb3_replay_and_n_step_buffers(n_steps: int, n_added: 
     for seed in range(3):
         compare_with_sb3(ours, reference, n_envs, seed)
     if n_steps == 1:
-        assert ours._get_samples(np.array([0]), env_indices=np.array([0])).discounts is None
+        assert samples_at(ours, np.array([0]), np.array([0])).discounts is None
     else:
-        assert ours._get_samples(np.array([0]), env_indices=np.array([0])).discounts is not None
+        assert samples_at(ours, np.array([0]), np.array([0])).discounts is not None
 
 
 @pytest.mark.parametrize("n_envs", [1, 2])
@@ -479,7 +493,7 @@ def test_n_step_sequence_stops_before_the_write_pointer() -> None:
     assert ours.pos == 5 and ours.full and not ours.dones.any()
     r, next_obs = ours.rewards[:, 0], ours.next_observations[:, 0]
     batch_inds, env_indices = np.array([2, 3, 4]), np.zeros(3, dtype=int)
-    samples = ours._get_samples(batch_inds, env_indices=env_indices)
+    samples = samples_at(ours, batch_inds, env_indices)
     # From 2: 2, 3, 4 (full n-step, ends at pos - 1 = 4); from 3: 3, 4, then stops (5 is the next write);
     # from 4: only 4
     expected_returns = [r[2] + gamma * r[3] + gamma**2 * r[4], r[3] + gamma * r[4], r[4]]
@@ -489,7 +503,7 @@ def test_n_step_sequence_stops_before_the_write_pointer() -> None:
     assert np.array_equal(samples.next_observations.numpy(), next_obs[[4, 4, 4]])
     assert not samples.dones.any()  # a truncation, not a termination: bootstrap
     # A sequence away from the pointer runs the full 3 steps across the wrap: 8, 9, 0
-    far = ours._get_samples(np.array([8]), env_indices=np.array([0]))
+    far = samples_at(ours, np.array([8]), np.array([0]))
     assert far.rewards.item() == pytest.approx(r[8] + gamma * r[9] + gamma**2 * r[0], rel=1e-6)
     assert np.array_equal(far.next_observations.numpy(), next_obs[[0]])
     # SB3 does the same
@@ -508,7 +522,7 @@ def test_n_step_sampling_with_terminal_and_truncated_steps_by_hand() -> None:
     for t, (reward, done, truncated) in enumerate(layout):
         obs = np.full((1, 3), t, np.float32)
         buffer.add(obs, obs + 0.5, np.array([[0]]), np.array([reward]), np.array([done]), [{"TimeLimit.truncated": truncated}])
-    samples = buffer._get_samples(np.arange(5), env_indices=np.zeros(5, dtype=int))
+    samples = samples_at(buffer, np.arange(5), np.zeros(5, dtype=int))
     # 0: 1 + 0.5 * 2, terminal at 1 -> done, discount 0.25, next obs of 1
     # 1: 2, terminal -> done, discount 0.5
     # 2: 4 + 0.5 * 8, truncated at 3 -> not done (bootstrap from next obs of 3), discount 0.25
@@ -753,7 +767,7 @@ def test_model_save_and_load_replay_buffer_keeps_priorities(tmp_path: Path) -> N
         (dict(eps=0.0), r"eps.*0\.0"),
         (dict(eps=-1e-3), r"eps.*-0\.001"),
         (dict(eps=float("inf")), r"eps.*inf"),
-        (dict(optimize_memory_usage=True, handle_timeout_termination=False), r"optimize_memory_usage=True"),
+        (dict(normalize_weights_by="max"), r"normalize_weights_by.*max"),
     ],
 )
 def test_bad_constructor_arguments_raise_showing_the_value(kwargs: dict[str, Any], match: str, dict_obs: bool) -> None:
@@ -887,7 +901,6 @@ def test_custom_prioritized_buffer_gets_n_steps_without_the_ignored_warning() ->
     [
         (dict(n_steps=3, replay_buffer_kwargs={"n_steps": 5}), r"n_steps.*5.*3"),
         (dict(gamma=0.99, replay_buffer_kwargs={"gamma": 0.5}), r"gamma.*0\.5.*0\.99"),
-        (dict(optimize_memory_usage=True), r"optimize_memory_usage"),
     ],
 )
 def test_contradictory_or_unsupported_model_settings_raise(kwargs: dict[str, Any], match: str) -> None:
@@ -1003,65 +1016,18 @@ def test_logged_means_cover_every_gradient_step_of_a_call_and_every_call_until_t
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 9. UniformReplayBuffer: SB3's ReplayBuffer with a faster gather
+# 9. Which buffer the models build
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_envs", [1, 3])
-@pytest.mark.parametrize("optimize_memory_usage", [False, True])
-@pytest.mark.parametrize("handle_timeout_termination", [True, False])
-@pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("n_added", [7, 30])  # not full, full and wrapped around
-def test_uniform_buffer_samples_exactly_what_sb3_replay_buffer_samples(
-    n_envs: int, optimize_memory_usage: bool, handle_timeout_termination: bool, normalize: bool, n_added: int
-) -> None:
-    if optimize_memory_usage and handle_timeout_termination:
-        # SB3 refuses the combination (and so does the subclass, through SB3's constructor)
-        with pytest.raises(ValueError, match="optimize_memory_usage"):
-            UniformReplayBuffer(12, spaces.Box(-1, 1, (4,)), spaces.Discrete(2), optimize_memory_usage=True)
-        return
-    venv = make_vec_normalize(n_envs)
-    kwargs: dict[str, Any] = dict(
-        device="cpu",
-        n_envs=n_envs,
-        optimize_memory_usage=optimize_memory_usage,
-        handle_timeout_termination=handle_timeout_termination,
-    )
-    reference = ReplayBuffer(12, venv.observation_space, venv.action_space, **kwargs)
-    buffer = UniformReplayBuffer(12, venv.observation_space, venv.action_space, **kwargs)
-    rng = np.random.default_rng(n_added)
-    for _ in range(n_added):
-        step = random_step(rng, n_envs, p_done=0.3)
-        obs = rng.uniform(-3, 3, size=(n_envs, 4)).astype(np.float32)
-        next_obs = rng.uniform(-3, 3, size=(n_envs, 4)).astype(np.float32)
-        for target in (reference, buffer):
-            target.add(obs, next_obs, step["action"] % 2, step["reward"], step["done"], step["infos"])
-    env = venv if normalize else None
-    for seed in range(5):
-        np.random.seed(seed)
-        expected = reference.sample(16, env=env)
-        expected_next_draw = np.random.random()
-        np.random.seed(seed)
-        samples = buffer.sample(16, env=env)
-        assert type(samples) is ReplayBufferSamples
-        assert np.random.random() == expected_next_draw  # the same random draws, in the same number
-        for name in ReplayBufferSamples._fields:
-            value, expected_value = getattr(samples, name), getattr(expected, name)
-            if expected_value is None:
-                assert value is None, name
-            else:
-                assert value.dtype == expected_value.dtype and value.shape == expected_value.shape, name
-                assert th.equal(value, expected_value), name
-    # The tensors are copies: writing into them leaves the buffer unchanged
-    observations = buffer.observations.copy()
-    samples.observations.fill_(123.0)
-    np.testing.assert_array_equal(buffer.observations, observations)
-
-
-def test_models_use_the_uniform_buffer_where_sb3_builds_a_replay_buffer() -> None:
-    assert type(DoubleDQN("MlpPolicy", "CartPole-v1", **TINY).replay_buffer) is UniformReplayBuffer
+def test_models_use_sb3_buffers_unless_asked_for_something_else() -> None:
+    assert type(DoubleDQN("MlpPolicy", "CartPole-v1", **TINY).replay_buffer) is ReplayBuffer
     assert type(DoubleDQN("MlpPolicy", "CartPole-v1", n_steps=3, **TINY).replay_buffer) is NStepReplayBuffer
     dict_env = SimpleMultiObsEnv(random_start=False)
     assert type(DoubleDQN("MultiInputPolicy", dict_env, **TINY).replay_buffer) is DictReplayBuffer
-    given = DoubleDQN("MlpPolicy", "CartPole-v1", replay_buffer_class=ReplayBuffer, **TINY)
-    assert type(given.replay_buffer) is ReplayBuffer
+    memory_efficient = DoubleDQN("MlpPolicy", "CartPole-v1", optimize_memory_usage=True, n_steps=2, **TINY).replay_buffer
+    assert type(memory_efficient) is MemoryEfficientReplayBuffer and memory_efficient.n_steps == 2
+    prioritized = PrioritizedDQN("MlpPolicy", "CartPole-v1", optimize_memory_usage=True, **TINY).replay_buffer
+    assert type(prioritized) is PrioritizedReplayBuffer and prioritized.frames is not None
+    with pytest.raises(ValueError, match="optimize_memory_usage=True"):
+        DoubleDQN("MultiInputPolicy", dict_env, optimize_memory_usage=True, **TINY)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gymnasium import spaces
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from benchmarks.pong import load_state, mark_seam, parse_args
 from sb3_dqn_ext import PrioritizedReplayBuffer
@@ -38,7 +39,7 @@ def buffer_with(rewards: list[float], dones: list[bool], n_steps: int = 3, gamma
 
 
 def n_step_return(buffer: PrioritizedReplayBuffer, index: int) -> tuple[float, float]:
-    samples = buffer._get_samples(np.array([index]), env_indices=np.array([0]))
+    samples = ReplayBufferSamples(*buffer._gather(np.array([index]), np.array([0]), None))
     assert samples.discounts is not None
     return float(samples.rewards[0, 0]), float(samples.discounts[0, 0])
 
@@ -56,7 +57,7 @@ def test_mark_seam_stops_n_step_returns_at_the_last_stored_transition() -> None:
     # One-step targets are unchanged: the seam's next observation is the stored one, not a termination
     one_step = buffer_with([1.0, 2.0], [False, False], n_steps=1)
     mark_seam(one_step)
-    samples = one_step._get_samples(np.array([1]), env_indices=np.array([0]))
+    samples = ReplayBufferSamples(*one_step._gather(np.array([1]), np.array([0]), None))
     assert float(samples.dones[0, 0]) == 0.0 and float(samples.next_observations[0, 0]) == 2.0
 
 
