@@ -391,7 +391,7 @@ def test_hyperparams_start_from_the_zoo_dqn_file(algo: str) -> None:
     assert sorted(ours) == sorted(SECTIONS)
     # Each departure from the zoo's values is listed here and commented in the file: every atari section replays
     # the papers' 1e6 transitions, each frame stored once
-    departures = {("atari", "buffer_size"): 1_000_000, ("atari", "optimize_memory_usage"): True}
+    departures: dict[tuple[str, str], Any] = {("atari", "buffer_size"): 1_000_000, ("atari", "optimize_memory_usage"): True}
     departures |= {
         "per_dqn": {
             **{(section, "replay_buffer_kwargs"): "dict(alpha=0.6, beta=0.4)" for section in SECTIONS},
