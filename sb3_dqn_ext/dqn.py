@@ -1,13 +1,16 @@
 """The shared base of every algorithm in this package: SB3's DQN with one ``train()`` loop and its seams."""
 
-from typing import TypeVar
+import io
+import pathlib
+import warnings
+from typing import Any, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.type_aliases import MaybeCallback, ReplayBufferSamples
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage, is_vecenv_wrapped, unwrap_vec_wrapper
 from torch.nn import functional as F
 
@@ -242,6 +245,41 @@ class BaseDQN(DQN):
         if prioritized:
             self.logger.record("train/beta", self.replay_buffer.beta)  # type: ignore[union-attr]
             self.logger.record("train/priority_max", self.replay_buffer.max_priority)  # type: ignore[union-attr]
+
+    @classmethod
+    def load(  # type: ignore[override]  # SB3's signature, with this class's return type
+        cls: type[SelfBaseDQN],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfBaseDQN:
+        """
+        Load the model from a zip-file, as :meth:`stable_baselines3.DQN.load`.
+
+        Warns when the saved model contradicts what this class assumes (a ``DuelingDQN`` loading a single-stream
+        network, a ``PrioritizedDQN`` loading a model saved with a uniform replay buffer): the saved settings win, as
+        in SB3, so the loaded model would silently be another algorithm.
+        """
+        model = super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+        for contradiction in model._contradictions():
+            warnings.warn(f"{cls.__name__}.load(): {contradiction}")
+        return model
+
+    def _contradictions(self) -> list[str]:
+        """What this model's (saved) settings contradict in its class's algorithm; none here."""
+        return []
 
     def learn(
         self: SelfBaseDQN,

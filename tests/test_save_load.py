@@ -22,7 +22,7 @@ from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.dqn.policies import QNetwork
 
-from sb3_dqn_ext import DoubleDQN
+from sb3_dqn_ext import DoubleDQN, DuelingDQN, PrioritizedDQN, PrioritizedReplayBuffer
 from sb3_dqn_ext.dqn import BaseDQN
 from sb3_dqn_ext.policies import DuelingDQNPolicy, DuelingQNetwork
 
@@ -547,3 +547,28 @@ def test_dueling_model_loads_back_as_dueling(tmp_path: Path, model_class: type[B
     np.testing.assert_array_equal(
         model.predict(observations.numpy(), deterministic=True)[0], loaded.predict(observations.numpy(), deterministic=True)[0]
     )
+
+
+def test_loading_with_a_class_that_contradicts_the_saved_model_warns(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = dict(policy_kwargs=MLP_KWARGS, **TINY)
+    DuelingDQN("MlpPolicy", "CartPole-v1", **kwargs).save(tmp_path / "dueling.zip")
+    PrioritizedDQN("MlpPolicy", "CartPole-v1", **kwargs).save(tmp_path / "prioritized.zip")
+    DoubleDQN("DuelingMlpPolicy", "CartPole-v1", **kwargs).save(tmp_path / "double_with_dueling_policy.zip")
+
+    # A uniform buffer was saved: the prioritized class says so, naming both
+    with pytest.warns(UserWarning, match=r"PrioritizedDQN\.load\(\).*replay_buffer_class=ReplayBuffer.*prioritized"):
+        prioritized = PrioritizedDQN.load(tmp_path / "dueling.zip")
+    assert type(prioritized.replay_buffer) is ReplayBuffer  # SB3's format and rules: the saved settings win
+    # A single-stream network was saved: the dueling class says so
+    with pytest.warns(UserWarning, match=r"DuelingDQN\.load\(\).*DQNPolicy.*single-stream.*dueling"):
+        dueling = DuelingDQN.load(tmp_path / "prioritized.zip")
+    assert not isinstance(dueling.policy, DuelingDQNPolicy)
+
+    # No contradiction, no warning: same class, a dueling policy saved by another class, an explicit buffer class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(DuelingDQN.load(tmp_path / "dueling.zip").policy, DuelingDQNPolicy)
+        DuelingDQN.load(tmp_path / "double_with_dueling_policy.zip")
+        PrioritizedDQN.load(tmp_path / "prioritized.zip")
+        prioritized = PrioritizedDQN.load(tmp_path / "dueling.zip", replay_buffer_class=PrioritizedReplayBuffer)
+    assert type(prioritized.replay_buffer) is PrioritizedReplayBuffer
