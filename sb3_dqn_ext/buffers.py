@@ -405,19 +405,20 @@ class _PrioritizedSampling:
         """
         if isinstance(td_errors, th.Tensor):
             td_errors = td_errors.detach().cpu().numpy()
-        indices, td_errors = np.asarray(indices), np.asarray(td_errors)
-        if td_errors.size != indices.size:
+        td_errors = np.asarray(td_errors).reshape(-1)
+        leaves = self.tree._check_indices(indices)  # flat intp, or IndexError naming the bad index
+        if td_errors.size != leaves.size:
             raise ValueError(
-                f"td_errors (shape {td_errors.shape}) must have one value per index (indices shape {indices.shape})"
+                f"td_errors (shape {np.shape(td_errors)}) must have one value per index (indices shape {np.shape(indices)})"
             )
-        indices, td_errors = indices.reshape(-1), td_errors.reshape(-1)
         # Raw priorities |delta| + eps (float64), before alpha
         priorities = np.abs(td_errors, dtype=np.float64) + self.eps
         if not np.isfinite(priorities).all():
             raise ValueError(f"td_errors must be finite, got {td_errors[~np.isfinite(priorities)][:5]} (nothing written)")
-        self.tree.update(indices, priorities**self.alpha)  # checks the indices before writing anything
         if priorities.size > 0:
             self.max_priority = max(self.max_priority, float(priorities.max()))
+        # Checked: valid leaves, finite positive values
+        self.tree._update(leaves, np.power(priorities, self.alpha, out=priorities))
 
 
 class PrioritizedReplayBuffer(_PrioritizedSampling, _CompiledReplayBuffer):

@@ -1031,3 +1031,21 @@ def test_models_use_sb3_buffers_unless_asked_for_something_else() -> None:
     assert type(prioritized) is PrioritizedReplayBuffer and prioritized.frames is not None
     with pytest.raises(ValueError, match="optimize_memory_usage=True"):
         DoubleDQN("MultiInputPolicy", dict_env, optimize_memory_usage=True, **TINY)
+
+
+def test_reset_forgets_transitions_and_their_priorities() -> None:
+    buffer = make_buffer(10, n_envs=2)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        add_step([buffer], random_step(rng, 2))
+    batch = buffer.sample(8)
+    buffer.update_priorities(batch.indices, np.full(8, 50.0))
+    assert buffer.max_priority > 50
+    buffer.reset()
+    assert buffer.size() == 0 and buffer.tree.total == 0 and buffer.max_priority == 1.0
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample(4)
+    add_step([buffer], random_step(rng, 2))
+    # Only the new transitions (position 0, both envs) can be drawn, at priority 1 ** alpha
+    assert np.array_equal(np.sort(np.unique(buffer.sample(16).indices)), [0, 1])
+    assert buffer.tree.total == 2.0
