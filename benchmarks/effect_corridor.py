@@ -3,24 +3,22 @@ Policy evaluation on the dueling paper's corridor: single-stream vs dueling Q-ne
 
 Paper: https://arxiv.org/abs/1511.06581 (Section 4.1 / Fig. 3: with 5 actions both networks learn Q^pi about as
 fast; with 10 and 20 actions, the extra ones being no-ops, the dueling network's squared error is lower)
-The corridor is three connected sections, the paper's 10-50-10 scaled down to ``--corridor 5 20 5`` cells: up the
-left section from the start (bottom left), along the top of it to the right, then up the right section to the goal
-(top right), which ends the episode with reward 1 (0 elsewhere). Actions: up, down, left, right, then no-ops up to
-``n_actions``; a move off the corridor is a no-op. The evaluated policy ``pi`` is epsilon-greedy (the paper's
-``epsilon = 0.001``) with respect to Q*; it is also the behaviour policy: the replay memory holds ``memory_size``
-transitions collected by following ``pi`` from the start, as the paper does not change the behaviour policy.
-The true ``Q^pi`` is solved exactly (a linear system).
+The corridor is the paper's three sections of 10-50-10 cells scaled down to ``--corridor 5 20 5``: up the left section
+from the start (bottom left), right along the top, then up the right section to the goal (top right), which ends the
+episode with reward 1 (0 elsewhere). Actions: up, down, left, right, then no-ops up to ``n_actions``; a move off the
+corridor is a no-op. The evaluated policy ``pi``, epsilon-greedy (the paper's ``epsilon = 0.001``) with respect to Q*,
+is also the behaviour policy, as in the paper: the replay memory holds ``memory_size`` transitions collected by
+following ``pi`` from the start. The true ``Q^pi`` is solved exactly (a linear system).
 
-Both networks are trained with the same minibatches on the expected-SARSA target
+Both networks are trained on the same minibatches with the expected-SARSA target
 ``r + gamma * (1 - done) * sum_a' pi(a'|s') Q_target(s', a')`` (squared loss, Adam, a target network copied every
 ``target_update_interval`` updates) from one-hot states, and scored by the paper's squared error
 ``SE = sum_{s, a} (Q(s, a) - Q^pi(s, a))**2`` over every non-terminal state and every action:
 
 - single stream: SB3's ``QNetwork`` with ``net_arch=[50, 50, 50]`` (three hidden layers of 50);
-- dueling: our ``DuelingQNetwork`` on a features extractor that is the shared 50-unit layer, each stream
-  ``stream_net_arch=[25, 25]`` (two hidden layers of 25; ``net_arch=[]``: nothing else shared), with
-  ``trunk_gradient_scale=1.0``: the paper's 1/sqrt(2) rescaling belongs to its Atari setup (Section 4.2),
-  not to this experiment.
+- dueling: our ``DuelingQNetwork`` on the shared 50-unit layer (its features extractor; ``net_arch=[]``: nothing else
+  shared), streams of ``stream_net_arch=[25, 25]``, ``trunk_gradient_scale=1.0`` (the paper's 1/sqrt(2) rescaling
+  belongs to its Atari setup, Section 4.2).
 
 With ``epsilon = 0.001`` the memory holds almost only the greedy action of each state, so most ``(s, a)`` pairs of
 the SE are learned only through what the network shares across actions: that is the effect under test.
@@ -48,10 +46,9 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.effect_report import write_report
+from benchmarks.common import RESULTS_DIR, run_metadata, save_figure, write_json
 from sb3_dqn_ext.policies import DuelingQNetwork
 
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "effect_corridor"
 ARCHITECTURES = ["single", "dueling"]
 MOVES = [(0, 1), (0, -1), (-1, 0), (1, 0)]  # up, down, left, right; the other actions are no-ops
@@ -76,12 +73,10 @@ class Corridor:
         cells += [(top - 1, left - 1 + y) for y in range(1, right)]
         index = {cell: i for i, cell in enumerate(cells)}
         self.n_states = len(cells) - 1  # the goal (last cell) is terminal and not a state of the SE
-        self.n_actions = n_actions
-        self.gamma = gamma
+        self.n_actions, self.gamma = n_actions, gamma
         moves = MOVES + [(0, 0)] * (n_actions - len(MOVES))
         self.next_states = np.zeros((self.n_states, n_actions), dtype=np.int64)  # the goal's index is n_states
-        self.rewards = np.zeros((self.n_states, n_actions))
-        self.dones = np.zeros((self.n_states, n_actions))
+        self.rewards, self.dones = np.zeros((self.n_states, n_actions)), np.zeros((self.n_states, n_actions))
         for state, (x, y) in enumerate(cells[:-1]):
             for action, (dx, dy) in enumerate(moves):
                 next_state = index.get((x + dx, y + dy), state)  # off the corridor: stay
@@ -120,8 +115,7 @@ class Corridor:
 
     def collect(self, n_transitions: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """States and actions of ``n_transitions`` steps following ``pi`` from the start, restarting at the goal."""
-        states = np.zeros(n_transitions, dtype=np.int64)
-        actions = np.zeros(n_transitions, dtype=np.int64)
+        states, actions = np.zeros(n_transitions, dtype=np.int64), np.zeros(n_transitions, dtype=np.int64)
         state = 0
         for t in range(n_transitions):
             action = rng.choice(self.n_actions, p=self.policy[state])
@@ -144,21 +138,12 @@ class SharedLayerExtractor(BaseFeaturesExtractor):
 def make_q_net(architecture: str, observation_space: spaces.Box, action_space: spaces.Discrete) -> QNetwork:
     """The paper's single-stream MLP (SB3's ``QNetwork``) or its dueling MLP (our ``DuelingQNetwork``)."""
     if architecture == "single":
-        return QNetwork(
-            observation_space,
-            action_space,
-            features_extractor=FlattenExtractor(observation_space),
-            features_dim=get_flattened_obs_dim(observation_space),
-            net_arch=[50, 50, 50],
-        )
+        flatten = FlattenExtractor(observation_space)
+        return QNetwork(observation_space, action_space, flatten, flatten.features_dim, net_arch=[50, 50, 50])
+    shared = SharedLayerExtractor(observation_space, features_dim=50)
+    # net_arch=[]: nothing shared beyond the extractor's 50-unit layer
     return DuelingQNetwork(
-        observation_space,
-        action_space,
-        features_extractor=SharedLayerExtractor(observation_space, features_dim=50),
-        features_dim=50,
-        net_arch=[],  # nothing shared beyond the extractor's 50-unit layer
-        stream_net_arch=[25, 25],
-        trunk_gradient_scale=1.0,
+        observation_space, action_space, shared, 50, net_arch=[], stream_net_arch=[25, 25], trunk_gradient_scale=1.0
     )
 
 
@@ -221,10 +206,8 @@ def comparison_sentence(summary: dict[str, Any], action_counts: list[int]) -> st
     """One sentence comparing the measured errors with the paper's Fig. 3, built from the numbers."""
     ratios = {n: summary[str(n)]["single_over_dueling_final_se"] for n in action_counts}
     few, many = action_counts[0], action_counts[-1]
-    growth = {
-        arch: summary[str(many)][arch]["median_final_se"] / summary[str(few)][arch]["median_final_se"]
-        for arch in ARCHITECTURES
-    }
+    median_final_ses = {arch: [summary[str(n)][arch]["median_final_se"] for n in (few, many)] for arch in ARCHITECTURES}
+    growth = {arch: many_se / few_se for arch, (few_se, many_se) in median_final_ses.items()}
     numbers = (
         "single-stream / dueling final SE (median): "
         + ", ".join(f"{ratios[n]:.2f}x with {n} actions" for n in action_counts)
@@ -241,7 +224,7 @@ def comparison_sentence(summary: dict[str, Any], action_counts: list[int]) -> st
     return f"{verdict} ({numbers})."
 
 
-def plot(path: Path, action_counts: list[int], runs: dict[str, Any]) -> None:
+def plot(results_dir: Path, action_counts: list[int], runs: dict[str, Any]) -> None:
     """SE vs updates (log y), one panel per action count; each seed thin, the median thick."""
     fig, axes = plt.subplots(1, len(action_counts), figsize=(4.2 * len(action_counts), 4), sharey=True, squeeze=False)
     for ax, n_actions in zip(axes[0], action_counts, strict=True):
@@ -260,8 +243,7 @@ def plot(path: Path, action_counts: list[int], runs: dict[str, Any]) -> None:
     axes[0][0].legend()
     fig.suptitle("Corridor policy evaluation: single-stream vs dueling (ours)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, NAME, results_dir)
 
 
 def main() -> None:
@@ -278,7 +260,7 @@ def main() -> None:
     parser.add_argument("--target-update-interval", type=int, default=100)
     parser.add_argument("--eval-freq", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="smoke test: one seed, 200 updates")
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.n_updates, args.eval_freq, args.memory_size = [0], 200, 50, 2000
@@ -297,25 +279,24 @@ def main() -> None:
 
     summary: dict[str, Any] = {}
     for n_actions in args.action_counts:
+        single, dueling = (runs[str(n_actions)][architecture] for architecture in ARCHITECTURES)
         entry: dict[str, Any] = {}
-        for architecture in ARCHITECTURES:
-            final_ses = [record["final_se"] for record in runs[str(n_actions)][architecture]]
-            entry[architecture] = dict(
-                final_se_per_seed=[round(se, 5) for se in final_ses], median_final_se=float(np.median(final_ses))
-            )
+        for architecture, records in zip(ARCHITECTURES, (single, dueling), strict=True):
+            final_ses = [record["final_se"] for record in records]
+            entry[architecture] = dict(final_se_per_seed=[round(se, 5) for se in final_ses])
+            entry[architecture]["median_final_se"] = float(np.median(final_ses))
         entry["single_over_dueling_final_se"] = entry["single"]["median_final_se"] / entry["dueling"]["median_final_se"]
         entry["seeds_where_dueling_is_lower"] = sum(
-            d["final_se"] < s["final_se"]
-            for s, d in zip(runs[str(n_actions)]["single"], runs[str(n_actions)]["dueling"], strict=True)
+            d["final_se"] < s["final_se"] for s, d in zip(single, dueling, strict=True)
         )
         # Share of the (s, a) pairs of the SE that the memory contains at least once (the rest are learned only
         # through what the network shares across actions)
         n_pairs = Corridor(tuple(args.corridor), n_actions, args.gamma, args.epsilon).q_values.size
-        entry["memory_coverage_of_state_actions"] = float(
-            np.median([record["distinct_state_actions_in_memory"] for record in runs[str(n_actions)]["single"]]) / n_pairs
-        )
+        coverage = np.median([record["distinct_state_actions_in_memory"] for record in single]) / n_pairs
+        entry["memory_coverage_of_state_actions"] = float(coverage)
         summary[str(n_actions)] = entry
-    report: dict[str, Any] = {
+    report: dict[str, Any] = run_metadata()
+    report |= {
         "experiment": NAME,
         "paper": "Wang et al. 2016, Dueling Network Architectures for Deep Reinforcement Learning, "
         "https://arxiv.org/abs/1511.06581, Sec. 4.1 / Fig. 3",
@@ -334,15 +315,10 @@ def main() -> None:
         "summary": summary,
         "comparison_with_paper": comparison_sentence(summary, args.action_counts),
     }
-    write_report(
-        report,
-        args.results_dir,
-        NAME,
-        lambda path: plot(path, args.action_counts, runs),
-        cpu_time,
-        wall_time,
-        ("sb3-dqn-ext", "stable_baselines3", "torch", "numpy"),
-    )
+    report["runtime"] = dict(cpu_s=round(cpu_time, 1), wall_s=round(wall_time, 1))
+    path = write_json(report, NAME, args.results_dir)
+    plot(args.results_dir, args.action_counts, runs)
+    print(f"{report['comparison_with_paper']}\nCPU {cpu_time:.0f} s, wall {wall_time:.0f} s. Wrote {path} and its .png")
 
 
 if __name__ == "__main__":

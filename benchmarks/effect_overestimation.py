@@ -35,10 +35,9 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
-from benchmarks.effect_report import write_report
+from benchmarks.common import RESULTS_DIR, run_metadata, save_figure, write_json
 from sb3_dqn_ext import DoubleDQN
 
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "effect_overestimation"
 VARIANTS = {"DQN": False, "Double DQN": True}  # label -> double_q
 
@@ -182,7 +181,7 @@ def comparison_sentence(summary: dict[str, Any], n_seeds: int) -> str:
     return f"{verdict} ({numbers})."
 
 
-def plot(path: Path, runs: dict[str, list[dict[str, Any]]], true_value: float) -> None:
+def plot(results_dir: Path, runs: dict[str, list[dict[str, Any]]], true_value: float) -> None:
     """Value estimates over training (each seed thin, the median thick) against the true value."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, color in (("DQN", "tab:red"), ("Double DQN", "tab:blue")):
@@ -198,8 +197,7 @@ def plot(path: Path, runs: dict[str, list[dict[str, Any]]], true_value: float) -
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, NAME, results_dir)
 
 
 def main() -> None:
@@ -219,7 +217,7 @@ def main() -> None:
     parser.add_argument("--net-arch", nargs="+", type=int, default=[64])
     parser.add_argument("--eval-freq", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="smoke test: one seed, 1200 steps")
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.total_timesteps, args.learning_starts, args.eval_freq = [0], 1200, 200, 200
@@ -251,7 +249,8 @@ def main() -> None:
         dqn["final_overestimation"] > double["final_overestimation"]
         for dqn, double in zip(runs["DQN"], runs["Double DQN"], strict=True)
     )
-    report: dict[str, Any] = {
+    report: dict[str, Any] = run_metadata(packages=("gymnasium",))
+    report |= {
         "experiment": NAME,
         "paper": "van Hasselt, Guez & Silver 2016, Deep Reinforcement Learning with Double Q-learning, "
         "https://arxiv.org/abs/1509.06461, Fig. 3",
@@ -267,15 +266,10 @@ def main() -> None:
         "summary": summary,
         "comparison_with_paper": comparison_sentence(summary, len(args.seeds)),
     }
-    write_report(
-        report,
-        args.results_dir,
-        NAME,
-        lambda path: plot(path, runs, true_value),
-        cpu_time,
-        wall_time,
-        ("sb3-dqn-ext", "stable_baselines3", "torch", "gymnasium"),
-    )
+    report["runtime"] = dict(cpu_s=round(cpu_time, 1), wall_s=round(wall_time, 1))
+    path = write_json(report, NAME, args.results_dir)
+    plot(args.results_dir, runs, true_value)
+    print(f"{report['comparison_with_paper']}\nCPU {cpu_time:.0f} s, wall {wall_time:.0f} s. Wrote {path} and its .png")
 
 
 if __name__ == "__main__":

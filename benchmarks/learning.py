@@ -4,7 +4,7 @@ Learning curves on CartPole-v1 with the shipped zoo hyperparameters: each class 
 Each (class, seed) run trains with ``hyperparams/<key>.yml`` (rl-zoo3's own ``dqn.yml`` for SB3's DQN), section
 ``CartPole-v1``, and evaluates the deterministic policy every ``--eval-freq`` steps over ``--eval-episodes``
 episodes on a separate, separately seeded environment. Results: ``benchmarks/results/learning_cartpole.json``
-(every curve, final and best scores, the ">= 475 on at least 4 of 5 seeds" check) and
+(every curve, final and best scores, the seeds reaching CartPole-v1's reward threshold, 475) and
 ``benchmarks/results/learning_cartpole.png`` (mean and min-max band per class).
 
     python benchmarks/learning.py                 # 5 seeds, 50k steps each, 2 processes
@@ -13,21 +13,42 @@ episodes on a separate, separately seeded environment. Results: ``benchmarks/res
 
 import argparse
 import json
-import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import yaml
+
+from benchmarks.common import RESULTS_DIR, run_metadata, save_figure, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 ALGOS = {"dqn": "DQN", "double_dqn": "DoubleDQN", "dueling_dqn": "DuelingDQN", "per_dqn": "PrioritizedDQN"}
-THRESHOLD = 475.0
+THRESHOLD = 475.0  # CartPole-v1's reward_threshold in Gymnasium
+# Keys the zoo consumes itself rather than passing to the algorithm
+ZOO_ONLY_KEYS = {"n_timesteps", "policy", "n_envs", "env_wrapper", "frame_stack", "normalize", "callback", "vec_env_wrapper"}
+
+
+def load_section(path: Path, section: str) -> tuple[str, int, dict[str, Any]]:
+    """
+    ``(policy, n_timesteps, kwargs)`` of one section of a zoo hyperparameter file; the strings the zoo evaluates
+    (``policy_kwargs``, ``replay_buffer_kwargs``) are evaluated the same way.
+    """
+    from torch import nn
+
+    hyperparams = dict(yaml.safe_load(path.read_text())[section])
+    policy, n_timesteps = hyperparams.pop("policy", "MlpPolicy"), int(hyperparams.pop("n_timesteps"))
+    kwargs = {key: value for key, value in hyperparams.items() if key not in ZOO_ONLY_KEYS}
+    for key, value in kwargs.items():
+        if key.endswith("_kwargs") and isinstance(value, str):
+            kwargs[key] = eval(value, {"dict": dict, "nn": nn})
+    return policy, n_timesteps, kwargs
 
 
 def run(key: str, seed: int, timesteps: int | None, eval_freq: int, eval_episodes: int) -> dict[str, Any]:
     """One training run in its own process: returns its evaluation curve."""
+    import rl_zoo3
     import torch as th
 
     th.set_num_threads(1)
@@ -36,10 +57,10 @@ def run(key: str, seed: int, timesteps: int | None, eval_freq: int, eval_episode
     from stable_baselines3.common.env_util import make_vec_env
 
     import sb3_dqn_ext
-    from benchmarks.zoo_config import load_section, zoo_dqn_file
 
     cls = DQN if key == "dqn" else getattr(sb3_dqn_ext, ALGOS[key])
-    path = zoo_dqn_file() if key == "dqn" else ROOT / "hyperparams" / f"{key}.yml"
+    zoo_file = Path(rl_zoo3.__file__).parent / "hyperparams" / "dqn.yml"
+    path = zoo_file if key == "dqn" else ROOT / "hyperparams" / f"{key}.yml"
     policy, n_timesteps, kwargs = load_section(path, "CartPole-v1")
     timesteps = timesteps or n_timesteps
     model = cls(policy, make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, **kwargs)
@@ -81,7 +102,8 @@ def run(key: str, seed: int, timesteps: int | None, eval_freq: int, eval_episode
     }
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], results_dir: Path) -> None:
+    """Evaluation return against steps: mean and min-max band over seeds, per class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +125,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("CartPole-v1, rl-zoo3 DQN hyperparameters: mean and min-max over seeds")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, "learning_cartpole", results_dir)
 
 
 def main() -> None:
@@ -114,13 +136,11 @@ def main() -> None:
     parser.add_argument("--eval-freq", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args()
 
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / "learning_cartpole.json"
-    png_path = args.results_dir / "learning_cartpole.png"
     # Resume: keep the runs already recorded with the same settings, run the others
     runs: list[dict[str, Any]] = []
     if args.resume and json_path.exists():
@@ -141,19 +161,19 @@ def main() -> None:
                 f"best {result['best_eval']:.1f}, {result['wall_time_s']:.0f} s",
                 flush=True,
             )
-            write(args, runs, json_path, start)  # after every run, so an interrupted benchmark keeps its results
-    write(args, runs, json_path, start)
-    plot(runs, png_path)
+            write(args, runs, start)  # after every run, so an interrupted benchmark keeps its results
+    write(args, runs, start)
+    plot(runs, args.results_dir)
     for name, row in summarize(runs, args.algos).items():
         print(
             f"{name:15s} final {row['final_eval_mean']:.1f} +/- {row['final_eval_std']:.1f}; "
             f"seeds reaching 475: {row['seeds_reaching_475_within_budget']}/{row['n_seeds']}"
         )
-    print(f"results written to {json_path} and {png_path}")
+    print(f"results written to {json_path} and {json_path.with_suffix('.png')}")
 
 
 def summarize(runs: list[dict[str, Any]], algos: list[str]) -> dict[str, dict[str, Any]]:
-    """Per class: final scores, seeds reaching the threshold, the 4-of-5 check."""
+    """Per class: final and best scores, seeds reaching the threshold."""
     summary = {}
     for key in algos:
         mine = sorted((r for r in runs if r["algo"] == key), key=lambda r: r["seed"])
@@ -170,22 +190,18 @@ def summarize(runs: list[dict[str, Any]], algos: list[str]) -> dict[str, dict[st
             "best_eval_per_seed": bests,
             "seeds_reaching_475_within_budget": sum(b >= THRESHOLD for b in bests),
             "seeds_at_475_at_the_end": sum(f >= THRESHOLD for f in finals),
-            "meets_4_of_5": sum(b >= THRESHOLD for b in bests) >= 4 if len(mine) == 5 else None,
         }
     return summary
 
 
-def write(args: argparse.Namespace, runs: list[dict[str, Any]], path: Path, start: float) -> None:
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {
-        "command": "python benchmarks/learning.py",
-        "settings": settings,
-        "cpu_count": os.cpu_count(),
-        "wall_time_s_this_invocation": time.perf_counter() - start,
-        "summary": summarize(runs, args.algos),
-        "runs": runs,
-    }
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def write(args: argparse.Namespace, runs: list[dict[str, Any]], start: float) -> None:
+    """Write ``learning_cartpole.json``: the run's metadata, settings, summary and every run."""
+    report = run_metadata(packages=("rl_zoo3", "gymnasium"))
+    report["torch_threads"] = 1  # each run sets it in its own process
+    report["settings"] = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    report["wall_time_s_this_invocation"] = time.perf_counter() - start
+    report.update(summary=summarize(runs, args.algos), runs=runs)
+    write_json(report, "learning_cartpole", args.results_dir)
 
 
 if __name__ == "__main__":

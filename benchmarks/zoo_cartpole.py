@@ -10,30 +10,29 @@ checkout does not shadow the installed package)::
 
 The zoo's ``EvalCallback`` evaluates the deterministic policy every ``--eval-freq`` steps on
 ``--eval-episodes`` episodes (``evaluations.npz``); the 50k-step budget is the file's ``n_timesteps``.
-Records the command, seed, final and best mean evaluation reward and wall time of each run in a JSON file,
-rewritten after every run::
+Records the command, seed, final and best mean evaluation reward and wall time of each run, and a summary per
+key, in ``benchmarks/results/zoo_cartpole.json``, rewritten after every run::
 
     python benchmarks/zoo_cartpole.py --seeds 0 1 2
 """
 
 import argparse
-import json
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from benchmarks.common import RESULTS_DIR, run_metadata, write_json
+
 KEYS = ["double_dqn", "dueling_dqn", "per_dqn"]
 REFERENCE = "dqn"  # the zoo's own DQN with its dqn.yml, for comparison (--algos dqn)
-THRESHOLD = 475.0
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "zoo_cartpole.json"
+THRESHOLD = 475.0  # CartPole-v1's reward_threshold in Gymnasium
 
 
 def train_command(algo: str, seed: int, log_folder: str, eval_freq: int, eval_episodes: int) -> list[str]:
@@ -96,31 +95,47 @@ def run(algo: str, seed: int, eval_freq: int, eval_episodes: int) -> dict[str, A
         return record
 
 
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per key: the final and best mean evaluation rewards of its seeds, and how many reach the threshold."""
+    summary: dict[str, dict[str, Any]] = {}
+    for algo in dict.fromkeys(run["algo"] for run in runs if run["returncode"] == 0):
+        mine = [run for run in runs if run["algo"] == algo and run["returncode"] == 0]
+        finals, bests = [run["final_mean_reward"] for run in mine], [run["best_mean_reward"] for run in mine]
+        summary[algo] = {
+            "seeds": [run["seed"] for run in mine],
+            "final_mean_rewards": finals,
+            "best_mean_rewards": bests,
+            "mean_final_over_seeds": round(statistics.mean(finals), 1),
+            "seeds_reaching_475": sum(best >= THRESHOLD for best in bests),
+            "seeds_ending_at_or_above_475": sum(final >= THRESHOLD for final in finals),
+            "wall_time_s": [run["wall_time_s"] for run in mine],
+        }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", choices=[*KEYS, REFERENCE], default=KEYS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--eval-freq", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
 
-    versions = {name: metadata.version(name) for name in ("sb3-dqn-ext", "rl_zoo3", "stable_baselines3", "torch", "gymnasium")}
-    report: dict[str, Any] = {
-        "description": "python -m rl_zoo3.train --algo <key> --env CartPole-v1 with the shipped hyperparams/<key>.yml "
+    report: dict[str, Any] = run_metadata(packages=("rl_zoo3", "gymnasium"))
+    report["torch_threads"] = 1  # --num-threads 1 in every zoo run
+    report["description"] = (
+        "python -m rl_zoo3.train --algo <key> --env CartPole-v1 with the shipped hyperparams/<key>.yml "
         f"(50k steps); final/best: mean reward of the deterministic policy over {args.eval_episodes} episodes at the "
-        f"last/best of the evaluations every {args.eval_freq} steps",
-        "threshold": THRESHOLD,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu, 1 torch thread"},
-        "versions": versions,
-        "runs": [],
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+        f"last/best of the evaluations every {args.eval_freq} steps"
+    )
+    report.update(threshold=THRESHOLD, summary={}, runs=[])
     for algo in args.algos:
         for seed in args.seeds:
             record = run(algo, seed, args.eval_freq, args.eval_episodes)
             report["runs"].append(record)
-            args.output.write_text(json.dumps(report, indent=2) + "\n")
+            report["summary"] = summarize(report["runs"])
+            write_json(report, "zoo_cartpole", args.results_dir)
             print(
                 f"{algo:12s} seed={seed} final={record.get('final_mean_reward')} best={record.get('best_mean_reward')} "
                 f"wall={record['wall_time_s']}s rc={record['returncode']}",

@@ -3,7 +3,7 @@ Smoke tests of the paper-effect experiments in ``benchmarks/effect_*.py``: each 
 temporary directory and must write its JSON report (with the expected keys) and its plot.
 
 The scripts run in this process (``runpy``), as ``python benchmarks/<script> --quick --results-dir <tmp>`` would,
-so that torch, SB3 and matplotlib are imported once for the three of them.
+so that torch, SB3 and matplotlib are imported once for the three of them. Skipped without matplotlib.
 """
 
 import json
@@ -14,20 +14,13 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("matplotlib")
+
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 # Keys every report has
-REPORT_KEYS = {
-    "experiment",
-    "paper",
-    "paper_claim",
-    "settings",
-    "runs",
-    "summary",
-    "comparison_with_paper",
-    "runtime",
-    "machine",
-    "versions",
-}
+REPORT_KEYS = {"experiment", "paper", "paper_claim", "settings", "runs", "summary", "comparison_with_paper", "runtime"}
+# The run's metadata (benchmarks/common.py)
+REPORT_KEYS |= {"date", "command", "platform", "cpu_model", "versions", "torch_threads"}
 
 
 def run_quick(name: str, results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
