@@ -513,6 +513,19 @@ class DictPrioritizedReplayBuffer(_PrioritizedSampling, DictReplayBuffer):
     Same prioritization, weights and parameters as :class:`PrioritizedReplayBuffer`, without ``n_steps``,
     ``n_stack`` and ``optimize_memory_usage`` (which SB3's ``DictReplayBuffer`` does not support either). The batch is
     gathered with numpy, one fancy index per key and field, as SB3's ``DictReplayBuffer._get_samples``.
+
+    :param buffer_size: Max number of element in the buffer
+    :param observation_space: Observation space (``Dict``)
+    :param action_space: Action space
+    :param device: PyTorch device
+    :param n_envs: Number of parallel environments
+    :param optimize_memory_usage: Not supported (as in SB3's ``DictReplayBuffer``)
+    :param handle_timeout_termination: Handle timeout termination (due to timelimit)
+        separately and treat the task as infinite horizon task.
+    :param alpha: Prioritization exponent, 0 is uniform (paper: 0.6)
+    :param beta: Initial importance-sampling exponent, annealed linearly to 1 (paper: 0.4)
+    :param eps: Small constant added to ``|td_error|`` so that no transition gets zero priority (1e-6)
+    :param normalize_weights_by: ``"memory"`` (the paper's reading) or ``"batch"``
     """
 
     def __init__(
