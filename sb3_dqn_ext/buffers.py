@@ -283,9 +283,9 @@ class MemoryEfficientReplayBuffer(_CompiledReplayBuffer):
         envs = np.random.randint(0, high=self.n_envs, size=batch_size)
         # Transitions that lost a frame are drawn again (the newest transition is always valid)
         invalid = ~self.frames.valid(positions, envs)
-        while invalid.any():
-            positions[invalid] = np.random.randint(0, upper_bound, size=int(invalid.sum()))
-            envs[invalid] = np.random.randint(0, high=self.n_envs, size=int(invalid.sum()))
+        while (n_invalid := int(invalid.sum())) > 0:
+            positions[invalid] = np.random.randint(0, upper_bound, size=n_invalid)
+            envs[invalid] = np.random.randint(0, high=self.n_envs, size=n_invalid)
             invalid = ~self.frames.valid(positions, envs)
         return ReplayBufferSamples(*self._gather(positions, envs, env))
 
