@@ -15,7 +15,8 @@ from stable_baselines3.common.preprocessing import is_image_space, is_image_spac
 
 def as_rows(array: np.ndarray) -> np.ndarray:
     """View a contiguous ``(buffer_size, n_envs, ...)`` array as ``(buffer_size, n_envs, row_bytes)`` bytes."""
-    return array.reshape(*array.shape[:2], -1).view(np.uint8)
+    rows = array if array.ndim == 3 else array.reshape(*array.shape[:2], -1)
+    return rows.view(np.uint8)
 
 
 @numba.njit(cache=True)
@@ -101,8 +102,7 @@ def _gather_rows(source: np.ndarray, positions: np.ndarray, envs: np.ndarray) ->
 
 @numba.njit(cache=True)
 def gather_batch(
-    positions: np.ndarray,
-    envs: np.ndarray,
+    slots: np.ndarray,
     n_steps: int,
     last_position: int,
     observations: np.ndarray,
@@ -115,8 +115,7 @@ def gather_batch(
     """
     A batch from SB3's layout, one pass.
 
-    :param positions: Buffer positions of the batch, ``(batch_size,)``
-    :param envs: Env index of each sample
+    :param slots: Flat slots ``position * n_envs + env`` of the batch, ``(batch_size,)``
     :param n_steps: Number of steps of the returns
     :param last_position: Position before the write pointer, ``(pos - 1) % buffer_size``
     :param observations: ``(buffer_size, n_envs, obs_bytes)``; ``next_observations`` likewise
@@ -124,6 +123,7 @@ def gather_batch(
     :param rewards: ``(buffer_size, n_envs)`` float32; ``dones``, ``timeouts`` likewise
     :return: observations, next observations (bytes), then the fields of :func:`_gather_fields` but the last positions
     """
+    positions, envs = np.divmod(slots, actions.shape[1])
     actions_, rewards_, n_rewards, last, dones_ = _gather_fields(
         positions, envs, n_steps, last_position, actions, rewards, dones, timeouts
     )
@@ -159,8 +159,7 @@ def _gather_stacks(
 
 @numba.njit(cache=True)
 def gather_frame_batch(
-    positions: np.ndarray,
-    envs: np.ndarray,
+    slots: np.ndarray,
     n_steps: int,
     last_position: int,
     frames: np.ndarray,
@@ -175,10 +174,11 @@ def gather_frame_batch(
     timeouts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """
-    A batch from the frame storage (:class:`FrameStorage`), one pass: as :func:`gather_batch`, the observations
-    and next observations being rebuilt from the frame rings (``newest``/``depth`` and ``next_newest``/``next_depth``
-    locate them, see :func:`_gather_stacks`).
+    A batch from the frame storage (:class:`FrameStorage`), one pass: as :func:`gather_batch` (same arguments), the
+    observations and next observations being rebuilt from the frame rings (``newest``/``depth`` and
+    ``next_newest``/``next_depth`` locate them, see :func:`_gather_stacks`).
     """
+    positions, envs = np.divmod(slots, actions.shape[1])
     actions_, rewards_, n_rewards, last, dones_ = _gather_fields(
         positions, envs, n_steps, last_position, actions, rewards, dones, timeouts
     )

@@ -35,8 +35,8 @@ def _update_kernel(
                 total += sums[child]
                 if level > 1:
                     minimum = min(minimum, mins[child - offsets[1]])
-                elif 0.0 < sums[child] < minimum:  # leaves: zero leaves count as +inf
-                    minimum = sums[child]
+                else:  # leaves: zero leaves count as +inf
+                    minimum = min(minimum, sums[child] if sums[child] > 0.0 else math.inf)
             sums[offsets[level] + node] = total
             mins[offsets[level] + node - offsets[1]] = minimum
 
@@ -52,27 +52,27 @@ def _query_kernel(
     subtract the sum of its left siblings; if none does (``u`` reaches the node's sum, given or by rounding), take
     the last positive child at this level and every level below. Zero children are never taken (total 0: leaf 0).
     """
-    leaves = np.empty(prefix_sums.size, dtype=np.intp)
-    values = np.empty(prefix_sums.size, dtype=np.float64)
-    for i in range(prefix_sums.size):
-        u = prefix_sums[i]
-        node = 0  # index of the current node within its level, starting at the root
-        for level in range(offsets.size - 3, -1, -1):
-            first_child = offsets[level] + node * branching
-            running, chosen = 0.0, first_child  # chosen: the last positive child so far
+    # Level by level for the whole batch: the descents are independent, so their cache misses overlap
+    u = prefix_sums.copy()
+    nodes = np.zeros(u.size, dtype=np.intp)  # index of each current node within its level, starting at the root
+    for level in range(offsets.size - 3, -1, -1):
+        for i in range(u.size):
+            first_child = offsets[level] + nodes[i] * branching
+            running, chosen = 0.0, first_child
             for child in range(first_child, first_child + branching):
-                if sums[child] > 0.0:
+                if u[i] < running + sums[child]:  # never true for a zero child: u >= running there
                     chosen = child
-                    if u < running + sums[child]:
+                    break
+                running += sums[child]
+            else:  # overflow: take the last positive child (if any), and below it the last positive child
+                for child in range(first_child + branching - 1, first_child - 1, -1):
+                    if sums[child] > 0.0:
+                        chosen = child
                         break
-                    running += sums[child]
-            else:  # overflow: keep the last positive child, and below it take the last positive child
-                u = math.inf
-            u -= running
-            node = chosen - offsets[level]
-        leaves[i] = node
-        values[i] = sums[node]
-    return leaves, values
+                u[i] = math.inf
+            u[i] -= running
+            nodes[i] = chosen - offsets[level]
+    return nodes, sums[nodes]
 
 
 class SumTree:
@@ -82,11 +82,12 @@ class SumTree:
 
     A ``branching``-ary tree in one flat float64 array, leaves first, children of a node contiguous, each level
     padded with zeros to a multiple of ``branching``; a parallel array holds each internal node's minimum positive
-    leaf. Updates and queries are numba kernels (compiled on first call, cached on disk).
+    leaf. Updates and queries are numba kernels (compiled on first call, cached on disk); so are the prioritized
+    buffers' sampling and priority updates (:mod:`sb3_dqn_ext.priorities`).
 
-    Default ``branching=16``: median ``_query`` + ``_update`` of a sorted batch on 1e6 leaves (one core of a
-    shared 2-vCPU VM) took 13-14 us for 32 leaves and 62-72 us for 256; 8 and 32 were within 6%, 4 within 3-17%,
-    and 2 was 50-70% slower (the query is three quarters of it: about one cache miss per level).
+    Default ``branching=16`` (``python benchmarks/sum_tree_layout.py``: a sample and a priority update of 32 leaves on
+    1e6, one core of a shared 2-vCPU VM): 8.9 us; 8 was 3-7% faster, 4 and 32 10-15% slower, 2 50% slower (one cache
+    miss per level); batch 256 alike.
 
     :param capacity: Number of leaves
     :param branching: Number of children of each internal node (at least 2)
@@ -177,9 +178,5 @@ class SumTree:
         flat = u.reshape(-1).copy()  # writable and contiguous: the kernel is compiled for that type only
         if not (flat >= 0).all():  # NaN fails too
             raise ValueError(f"prefix sums must be >= 0 and not NaN, got {flat[~(flat >= 0)][0]}")
-        leaves, _ = self._query(flat)
+        leaves, _ = _query_kernel(self._sums, self._offsets, self.branching, flat)
         return leaves.astype(np.int64).reshape(u.shape)
-
-    def _query(self, prefix_sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``query`` without checks (flat float64 prefix sums, positive total): leaf indices (``intp``) and their values."""
-        return _query_kernel(self._sums, self._offsets, self.branching, prefix_sums)

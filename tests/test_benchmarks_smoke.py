@@ -1,6 +1,6 @@
 """
-Smoke tests of ``benchmarks/per_sampling.py``, ``benchmarks/replay_memory.py``, ``benchmarks/throughput.py`` and
-``benchmarks/learning.py``: tiny settings in a subprocess, as a user runs them, results written to a temporary folder.
+Smoke tests of ``benchmarks/per_sampling.py``, ``benchmarks/replay_memory.py``, ``benchmarks/sum_tree_layout.py``,
+``benchmarks/throughput.py`` and ``benchmarks/learning.py``: tiny settings in a subprocess, as a user runs them, results written to a temporary folder.
 Skipped where an extra they need (rl-zoo3, matplotlib, ale-py for Pong) is not installed.
 
 Among the peers only cpprb runs here: setting up Tianshou's buffer compiles its numba segment tree (10-20 s on a 2-core
@@ -60,6 +60,17 @@ def test_replay_memory_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None
     peak = report["peak"]
     assert peak["capacity"] == peak["filled"] == 1000 and peak["vm_hwm_mib"] >= peak["vm_rss_mib"] > 0
     assert peak["transitions_per_s"] > 0 and len(peak["rss_growth_mib"]) == 20
+
+
+def test_sum_tree_layout_benchmark_runs_with_tiny_settings(tmp_path: Path) -> None:
+    options = ["--capacity", "1000", "--branchings", "2", "--batch-sizes", "8", "--rounds", "2"]
+    command = [sys.executable, str(SCRIPT.parent / "sum_tree_layout.py"), *options, "--results-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "sum_tree_layout.json").read_text())
+    rows = {row["branching"]: row for row in report["results"]}
+    assert set(rows) == {2, 16} and all(row["batch_size"] == 8 for row in rows.values())  # the default runs too
+    assert rows[16]["ratio"] == 1.0 and rows[2]["median_us"] > 0
 
 
 def run_benchmark(name: str, options: list[str], results_dir: Path, result_name: str) -> dict[str, Any]:

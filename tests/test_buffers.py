@@ -175,7 +175,7 @@ def samples_at(buffer: Any, positions: np.ndarray, env_indices: np.ndarray, env:
     if isinstance(buffer, DictPrioritizedReplayBuffer):
         obs, actions, next_obs, dones, rewards = buffer._get_samples_at(positions, env_indices, env)
         return DictReplayBufferSamples(obs, actions, next_obs, dones, rewards, None)
-    return ReplayBufferSamples(*buffer._gather(positions, env_indices, env))
+    return ReplayBufferSamples(*buffer._gather(positions * buffer.n_envs + env_indices, env))
 
 
 def assert_priorities_were_updated(buffer: AnyPrioritizedBuffer) -> None:
@@ -403,6 +403,31 @@ def test_weights_are_priority_ratio_to_the_minus_beta(progress_remaining: float,
             seen_min = True
             assert th.all(batch.weights[batch.indices == 6] == 1.0)
     assert seen_min
+
+
+@pytest.mark.parametrize("dict_obs", [False, True])
+def test_batch_normalized_weights_divide_by_the_largest_weight_of_the_batch(dict_obs: bool) -> None:
+    buffer: AnyPrioritizedBuffer
+    if dict_obs:
+        buffer = make_dict_buffer(8, n_envs=2, beta=0.4, normalize_weights_by="batch")
+        obs = {"vec": np.zeros((2, 3), np.float32), "img": np.zeros((2, 1, 4, 4), np.uint8), "disc": np.zeros(2)}
+        for _ in range(5):
+            buffer.add(obs, obs, np.zeros((2, 1)), np.zeros(2), np.zeros(2), [{}, {}])
+    else:
+        buffer = make_buffer(8, n_envs=2, beta=0.4, normalize_weights_by="batch")
+        fill_with_distinct_obs(buffer, 5)
+    buffer.tree.update(np.arange(10), KNOWN_PRIORITIES)
+    # Batch size 2: segment 0 covers [0, 6.825), segment 1 [6.825, 13.65). w_i = (p_i / min of the batch) ** -beta
+    for seed in range(20):
+        np.random.seed(seed)
+        batch = buffer.sample(2)
+        p = KNOWN_PRIORITIES[batch.indices]
+        expected = (p / p.min()) ** -0.4
+        assert batch.weights.numpy().reshape(-1) == pytest.approx(expected.astype(np.float32), rel=1e-6)
+        assert batch.weights.max().item() == 1.0
+    # A batch of one: weight 1 whatever its priority ("memory" gives (p / 0.05) ** -0.4 < 1 for most leaves)
+    np.random.seed(0)
+    assert buffer.sample(1).weights.item() == 1.0
 
 
 def test_beta_zero_gives_unit_weights_and_alpha_zero_gives_uniform_priorities() -> None:

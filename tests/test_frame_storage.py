@@ -164,7 +164,7 @@ def ours_at(
     envs: np.ndarray,
     env: VecNormalize | None = None,
 ) -> ReplayBufferSamples:
-    return ReplayBufferSamples(*buffer._gather(positions, envs, env))
+    return ReplayBufferSamples(*buffer._gather(positions * buffer.n_envs + envs, env))
 
 
 def assert_same_samples(ours: tuple, expected: ReplayBufferSamples) -> None:
@@ -365,7 +365,7 @@ def test_next_observation_not_shifted_by_one_frame_is_stored_whole() -> None:
     buffer.add(obs, next_obs, np.zeros(2), np.zeros(2), np.zeros(2), [{}, {}])
     # env 0: 4 frames of the observation, 1 of the next; env 1: 4 and 4
     assert list(buffer.frames.written - written) == [N_STACK + 1, 2 * N_STACK]
-    batch = ReplayBufferSamples(*buffer._gather(np.array([position, position]), np.array([0, 1]), None))
+    batch = ReplayBufferSamples(*buffer._gather(np.array([position * 2, position * 2 + 1]), None))
     assert np.array_equal(batch.observations.numpy(), obs) and np.array_equal(batch.next_observations.numpy(), next_obs)
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sb3_dqn_ext import priorities
 from sb3_dqn_ext.sum_tree import SumTree
 
 
@@ -297,8 +298,11 @@ def test_empty_batches_work() -> None:
     found = tree.query(np.zeros((2, 0)))
     assert found.shape == (2, 0)
     assert found.dtype == np.int64
-    leaves, values = tree._query(np.array([]))
-    assert leaves.shape == values.shape == (0,)
+    # The prioritized buffers' kernels too
+    leaves, weights = priorities.sample(tree, np.array([]), 0.4, batch_min=True)
+    assert leaves.shape == (0,) and weights.shape == (0, 1)
+    assert priorities.set_priorities(tree, np.array([], dtype=np.intp), np.array([]), 1e-6, 0.6) == 0.0
+    assert tree.total == 1.0
 
 
 def test_update_recomputes_only_the_ancestors_of_changed_leaves() -> None:
