@@ -378,8 +378,10 @@ class _PrioritizedSampling:
         """
         n_stored = self.buffer_size if self.full else self.pos
         if n_stored > self._n_prioritized:
-            # Stored without a priority (storage written directly): the maximum priority, as new transitions
+            # Stored without a priority (storage written directly): the maximum priority, as new transitions; those
+            # given one since by update_priorities keep it
             leaves = np.arange(self._n_prioritized * self.n_envs, n_stored * self.n_envs)
+            leaves = leaves[self.tree.get(leaves) == 0]
             self.tree._update(leaves, np.full(leaves.size, self.max_priority**self.alpha))
             self._n_prioritized = n_stored
         if not self.tree.total > 0:

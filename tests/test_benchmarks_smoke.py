@@ -1,7 +1,8 @@
 """
 Smoke tests of ``benchmarks/per_sampling.py``, ``benchmarks/replay_memory.py``, ``benchmarks/sum_tree_layout.py``,
-``benchmarks/throughput.py`` and ``benchmarks/learning.py``: tiny settings in a subprocess, as a user runs them, results written to a temporary folder.
-Skipped where an extra they need (rl-zoo3, matplotlib, ale-py for Pong) is not installed.
+``benchmarks/throughput.py`` and ``benchmarks/learning.py``: tiny settings in a subprocess, as a user runs them,
+results written to a temporary folder. Skipped where an extra they need (rl-zoo3, matplotlib, ale-py for Pong) is not
+installed.
 
 Among the peers only cpprb runs here: setting up Tianshou's buffer compiles its numba segment tree (10-20 s on a 2-core
 VM), which the full run pays once. The first-sample times (fresh processes with a cold numba cache) are left to the

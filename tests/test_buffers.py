@@ -283,6 +283,26 @@ def test_fill_by_hand_new_transitions_get_max_raw_priority_to_the_alpha() -> Non
     assert buffer.max_priority == pytest.approx(8.000001, rel=1e-12)
 
 
+def test_storage_written_directly_is_sampled_at_max_priority_unless_given_one() -> None:
+    # SB3's tests write the storage arrays and set ``full`` without add(): those slots have no priority yet
+    buffer = make_buffer(4, n_envs=2, alpha=0.5)
+    buffer.observations[:] = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    buffer.full = True
+    # Leaves 1 and 6 get a priority before the first sample: sqrt(3 + 1e-6) and sqrt(0 + 1e-6) = 0.001
+    buffer.update_priorities(np.array([1, 6]), np.array([3.0, 0.0]))
+    assert buffer.max_priority == pytest.approx(3.000001, rel=1e-12)
+    np.random.seed(0)
+    batch = buffer.sample(8)
+    # The 6 others count at max_priority ** alpha = sqrt(3.000001), the same as leaf 1
+    expected = [math.sqrt(3.000001)] * 8
+    expected[6] = 0.001
+    assert leaf_priorities(buffer) == pytest.approx(expected, rel=1e-9)
+    # w = (p / p_min) ** -beta, p_min = 0.001 (leaf 6)
+    weights = (np.array(expected)[batch.indices] / 0.001) ** -0.4
+    assert batch.weights.numpy().reshape(-1) == pytest.approx(weights, rel=1e-6)
+    assert np.array_equal(batch.observations.numpy(), buffer.observations.reshape(8, 3)[batch.indices])
+
+
 def test_sample_returns_sb3_fields_then_weights_and_indices_of_the_sampled_slots() -> None:
     assert PrioritizedReplayBufferSamples._fields == (*ReplayBufferSamples._fields, "weights", "indices")
     assert DictPrioritizedReplayBufferSamples._fields == (*DictReplayBufferSamples._fields, "weights", "indices")
