@@ -86,8 +86,8 @@ class SumTree:
     buffers' sampling and priority updates (:mod:`sb3_dqn_ext.priorities`).
 
     Default ``branching=16`` (``python benchmarks/sum_tree_layout.py``: a sample and a priority update of 32 leaves on
-    1e6, one core of a shared 2-vCPU VM): 8.9 us; 8 was 3-7% faster, 4 and 32 10-15% slower, 2 50% slower (one cache
-    miss per level); batch 256 alike.
+    1e6, one core of a shared 2-vCPU VM): 8.6-8.9 us; 8 was 3% faster, 4 4-10% slower, 32 11-12% slower, 2 48-50%
+    slower (one cache miss per level); at batch 256 alike (8: 3-4% faster, 2: 63-66% slower).
 
     :param capacity: Number of leaves
     :param branching: Number of children of each internal node (at least 2)
