@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # imported when a buffer is built: they import numba
 
 # Importance-weight normalizations (see PrioritizedReplayBuffer)
 WEIGHT_NORMALIZATIONS = ("memory", "batch")
+_CPU = th.device("cpu")
 
 
 class PrioritizedReplayBufferSamples(NamedTuple):
@@ -52,7 +53,7 @@ def _tensor_converter(buffer: BaseBuffer) -> Callable[[np.ndarray], th.Tensor]:
     ``buffer.to_torch`` for arrays owned by nobody else (fresh results of a gather): on the CPU the tensors share their
     memory (``th.from_numpy``, 3x faster than ``th.as_tensor``), elsewhere they are copied to the device.
     """
-    if buffer.device.type == "cpu":
+    if buffer.device == _CPU:  # cheaper than reading device.type
         return th.from_numpy
     return partial(buffer.to_torch, copy=False)
 
@@ -171,8 +172,7 @@ class _CompiledReplayBuffer(NStepReplayBuffer):
                 storage.as_rows(self.next_observations),
                 *transitions,
             )
-            obs = obs.view(self.observations.dtype).reshape(-1, *self.obs_shape)
-            next_obs = next_obs.view(self.observations.dtype).reshape(-1, *self.obs_shape)
+            obs, next_obs = storage.from_rows(obs, self.observations), storage.from_rows(next_obs, self.observations)
         else:
             frames = self.frames
             obs, next_obs, actions, rewards, n_rewards, dones = storage.gather_frame_batch(
@@ -197,7 +197,7 @@ class _CompiledReplayBuffer(NStepReplayBuffer):
             discounts = as_tensor(self.gamma ** n_rewards.astype(np.float32).reshape(-1, 1))
         return (
             as_tensor(self._normalize_obs(obs, env)),  # type: ignore[arg-type]
-            as_tensor(actions.view(self.actions.dtype)),
+            as_tensor(storage.from_rows(actions, self.actions)),
             as_tensor(self._normalize_obs(next_obs, env)),  # type: ignore[arg-type]
             as_tensor(dones),
             as_tensor(rewards),
@@ -404,14 +404,13 @@ class _PrioritizedSampling:
         """
         if isinstance(td_errors, th.Tensor):
             td_errors = td_errors.detach().cpu().numpy()
-        flat_errors = np.ascontiguousarray(td_errors, dtype=np.float64).reshape(-1)
-        leaves = np.ascontiguousarray(indices).reshape(-1)
+        flat_errors, leaves = np.asarray(td_errors).reshape(-1), np.asarray(indices).reshape(-1)
+        if flat_errors.dtype.char not in "fd":  # the kernel is compiled for float32 and float64 TD errors
+            flat_errors = flat_errors.astype(np.float64)
         if leaves.dtype.kind in "iu" and leaves.size == flat_errors.size:
             import sb3_dqn_ext.priorities as priorities
 
-            largest = priorities.set_priorities(
-                self.tree, leaves.astype(np.intp, copy=False), flat_errors, self.eps, self.alpha
-            )
+            largest = priorities.set_priorities(self.tree, leaves, flat_errors, self.eps, self.alpha)
             if largest >= 0:
                 self.max_priority = max(self.max_priority, largest)
                 return

@@ -92,8 +92,8 @@ def set_priorities(tree: SumTree, leaves: np.ndarray, td_errors: np.ndarray, eps
     Set leaves to ``(|td_errors| + eps) ** alpha`` (see :func:`_priorities_kernel`).
 
     :param tree: The priorities
-    :param leaves: Flat ``intp`` leaf indices
-    :param td_errors: Flat float64 TD errors, one per leaf
+    :param leaves: Flat integer leaf indices
+    :param td_errors: Flat float32 or float64 TD errors, one per leaf
     :param eps: Added to ``|td_errors|``
     :param alpha: Prioritization exponent
     :return: The largest ``|td_error| + eps``, or -1 when a leaf is out of range or a TD error not finite (nothing

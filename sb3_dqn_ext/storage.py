@@ -3,8 +3,9 @@ Replay storage: the compiled gather of a batch, and the memory-efficient frame s
 
 Imported by the buffers when they are built (it imports numba, which ``import sb3_dqn_ext`` does not). The kernels
 are compiled on their first call and cached on disk (``cache=True``: next to this file, or in the user's cache
-directory when this one is read-only, or in ``NUMBA_CACHE_DIR``). They work on bytes: each storage array is viewed
-as ``(rows, row_bytes)`` ``uint8``, so one compiled version serves every observation and action dtype.
+directory when this one is read-only, or in ``NUMBA_CACHE_DIR``). The gather of SB3's layout works on each array's own
+dtype (a compiled version per dtype, viewed as bytes where numba has none); the frame storage on bytes (``uint8``),
+one compiled version for every observation dtype.
 """
 
 import numba
@@ -12,17 +13,34 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
+# The dtypes the gather kernels are compiled for; arrays of other dtypes (float16, ...) are gathered as bytes
+_INTEGERS = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+COMPILED_DTYPES = frozenset(map(np.dtype, (np.bool_, *_INTEGERS, np.float32, np.float64)))
+
 
 def as_rows(array: np.ndarray) -> np.ndarray:
-    """View a contiguous ``(buffer_size, n_envs, ...)`` array as ``(buffer_size, n_envs, row_bytes)`` bytes."""
+    """
+    View a contiguous ``(buffer_size, n_envs, ...)`` array as ``(buffer_size, n_envs, row)``, in its dtype if
+    it is one of ``COMPILED_DTYPES``, as bytes otherwise.
+    """
     rows = array if array.ndim == 3 else array.reshape(*array.shape[:2], -1)
-    return rows.view(np.uint8)
+    return rows if rows.dtype in COMPILED_DTYPES else rows.view(np.uint8)
+
+
+def from_rows(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """
+    The inverse of :func:`as_rows` for gathered rows: ``(batch_size, row)`` -> ``(batch_size, *like.shape[2:])`` in
+    ``like``'s dtype (a view).
+    """
+    if rows.dtype != like.dtype:
+        rows = rows.view(like.dtype)
+    return rows if like.ndim == 3 else rows.reshape(-1, *like.shape[2:])
 
 
 @numba.njit(cache=True)
 def _copy(source: np.ndarray, destination: np.ndarray) -> None:
-    """``destination[:] = source`` for 1-D byte arrays, as a plain loop: numba compiles it to a vectorized copy, where
-    its slice assignment of ``uint8`` arrays copied about 9x slower here."""
+    """``destination[:] = source`` for 1-D arrays, as a plain loop: numba compiles it to a vectorized copy, where its
+    slice assignment of ``uint8`` arrays copied about 9x slower here."""
     for k in range(source.shape[0]):
         destination[k] = source[k]
 
@@ -67,13 +85,13 @@ def _gather_fields(
     Everything of a batch but the observations: the fields of SB3's ``NStepReplayBuffer._get_samples``
     (``ReplayBuffer._get_samples`` for ``n_steps=1``) before normalization and discounting.
 
-    :return: actions (bytes), rewards of each step ``(batch_size, n_steps)`` (0 after the end of the sequence),
+    :return: actions, rewards of each step ``(batch_size, n_steps)`` (0 after the end of the sequence),
         number of rewards of each sample, position of the last step of each sample, and the dones of the last
         step, ``dones * (1 - timeouts)``, ``(batch_size, 1)`` float32
     """
     batch_size = positions.shape[0]
     buffer_size = dones.shape[0]
-    out_actions = np.empty((batch_size, actions.shape[2]), dtype=np.uint8)
+    out_actions = np.empty((batch_size, actions.shape[2]), dtype=actions.dtype)
     out_rewards = np.zeros((batch_size, n_steps), dtype=np.float32)
     out_n_rewards = np.empty(batch_size, dtype=np.int64)
     out_last = np.empty(batch_size, dtype=np.int64)
@@ -93,8 +111,8 @@ def _gather_fields(
 
 @numba.njit(cache=True)
 def _gather_rows(source: np.ndarray, positions: np.ndarray, envs: np.ndarray) -> np.ndarray:
-    """Rows ``source[position, env]`` of a ``(buffer_size, n_envs, row_bytes)`` array."""
-    out = np.empty((positions.shape[0], source.shape[2]), dtype=np.uint8)
+    """Rows ``source[position, env]`` of a ``(buffer_size, n_envs, row)`` array."""
+    out = np.empty((positions.shape[0], source.shape[2]), dtype=source.dtype)
     for i in range(positions.shape[0]):
         _copy(source[positions[i], envs[i]], out[i])
     return out
@@ -118,10 +136,11 @@ def gather_batch(
     :param slots: Flat slots ``position * n_envs + env`` of the batch, ``(batch_size,)``
     :param n_steps: Number of steps of the returns
     :param last_position: Position before the write pointer, ``(pos - 1) % buffer_size``
-    :param observations: ``(buffer_size, n_envs, obs_bytes)``; ``next_observations`` likewise
-    :param actions: ``(buffer_size, n_envs, action_bytes)``
+    :param observations: ``(buffer_size, n_envs, obs_size)`` (see :func:`as_rows`); ``next_observations`` likewise
+    :param actions: ``(buffer_size, n_envs, action_size)``
     :param rewards: ``(buffer_size, n_envs)`` float32; ``dones``, ``timeouts`` likewise
-    :return: observations, next observations (bytes), then the fields of :func:`_gather_fields` but the last positions
+    :return: observations, next observations (``(batch_size, obs_size)``), then the fields of :func:`_gather_fields`
+        but the last positions
     """
     positions, envs = np.divmod(slots, actions.shape[1])
     actions_, rewards_, n_rewards, last, dones_ = _gather_fields(

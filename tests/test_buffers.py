@@ -508,6 +508,34 @@ def test_transitions_equal_sb3_replay_and_n_step_buffers(n_steps: int, n_added: 
         assert samples_at(ours, np.array([0]), np.array([0])).discounts is not None
 
 
+@pytest.mark.parametrize(
+    "observation_space",
+    [
+        spaces.Box(0, 255, (2, 5, 3), np.uint8),  # images: rows flattened before the gather, reshaped after
+        spaces.Box(-1.0, 1.0, (2,), np.float64),
+        spaces.Box(-1.0, 1.0, (3,), np.float16),  # a dtype numba has no arrays of: gathered as bytes
+        spaces.MultiBinary(4),  # int8
+        spaces.Discrete(6),  # int64, shape (1,) in SB3's buffers
+    ],
+    ids=lambda space: f"{type(space).__name__}-{space.dtype}-{space.shape}",
+)
+def test_every_observation_dtype_and_shape_is_gathered_as_sb3_stores_it(observation_space: spaces.Space) -> None:
+    n_envs = 2
+    ours = PrioritizedReplayBuffer(8 * n_envs, observation_space, ACTION_SPACE, device="cpu", n_envs=n_envs)
+    reference = ReplayBuffer(8 * n_envs, observation_space, ACTION_SPACE, device="cpu", n_envs=n_envs)
+    observation_space.seed(0)
+    rng = np.random.default_rng(0)
+    for step in range(11):  # wraps around
+        obs = np.stack([observation_space.sample() for _ in range(n_envs)])
+        next_obs = np.stack([observation_space.sample() for _ in range(n_envs)])
+        transition = random_step(rng, n_envs, force=forced_end(step))
+        transition.update(obs=obs, next_obs=next_obs)
+        add_step([ours, reference], transition)
+    for seed in range(2):
+        compare_with_sb3(ours, reference, n_envs, seed)
+    assert np.array_equal(ours.observations, reference.observations)  # the stored arrays are SB3's
+
+
 @pytest.mark.parametrize("n_envs", [1, 2])
 @pytest.mark.parametrize("n_added", [7, 23])
 def test_dict_transitions_equal_sb3_dict_replay_buffer(n_added: int, n_envs: int) -> None:
@@ -881,12 +909,15 @@ def test_update_priorities_accepts_numpy_and_torch_flat_and_column() -> None:
     eps, alpha = 1e-6, 0.6
     td = np.array([0.5, -2.0, 3.0])
     expected = (np.abs(td) + eps) ** alpha
-    for td_errors in (td, td.reshape(-1, 1), th.tensor(td), th.tensor(td, dtype=th.float32).reshape(-1, 1).requires_grad_()):
+    as_float32 = th.tensor(td, dtype=th.float32).reshape(-1, 1).requires_grad_()
+    # numpy float64, float32, float16 (converted), a strided column; torch float64, float32 with a graph.
+    # The values are exact in float16, and |td| + eps is computed in float64 from each
+    strided = np.stack([td, np.zeros(3)], axis=1)[:, :1]
+    for td_errors in (td, td.astype(np.float32), td.astype(np.float16), strided, th.tensor(td), as_float32):
         buffer = make_buffer(4, alpha=alpha, eps=eps)
         fill_with_distinct_obs(buffer, 4)
-        buffer.update_priorities(np.array([3, 0, 1]), td_errors)
-        rel = 1e-6 if isinstance(td_errors, th.Tensor) and td_errors.dtype == th.float32 else 1e-12
-        assert buffer.tree.get(np.array([3, 0, 1])) == pytest.approx(expected, rel=rel)
+        buffer.update_priorities(np.array([3, 0, 1], dtype=np.int32), td_errors)
+        assert buffer.tree.get(np.array([3, 0, 1])) == pytest.approx(expected, rel=1e-15)
         assert buffer.tree.get(np.array([2]))[0] == 1.0
 
 
