@@ -910,10 +910,11 @@ def test_update_priorities_accepts_numpy_and_torch_flat_and_column() -> None:
     td = np.array([0.5, -2.0, 3.0])
     expected = (np.abs(td) + eps) ** alpha
     as_float32 = th.tensor(td, dtype=th.float32).reshape(-1, 1).requires_grad_()
-    # numpy float64, float32, float16 (converted), a strided column; torch float64, float32 with a graph.
-    # The values are exact in float16, and |td| + eps is computed in float64 from each
+    # numpy float64, a float32 column (what the models pass), float16 (converted), a strided column; torch float64,
+    # float32 with a graph. The values are exact in float16, and |td| + eps is computed in float64 from each
     strided = np.stack([td, np.zeros(3)], axis=1)[:, :1]
-    for td_errors in (td, td.astype(np.float32), td.astype(np.float16), strided, th.tensor(td), as_float32):
+    column = td.astype(np.float32).reshape(-1, 1)
+    for td_errors in (td, column, td.astype(np.float16), strided, th.tensor(td), as_float32):
         buffer = make_buffer(4, alpha=alpha, eps=eps)
         fill_with_distinct_obs(buffer, 4)
         buffer.update_priorities(np.array([3, 0, 1], dtype=np.int32), td_errors)
